@@ -1,0 +1,402 @@
+"""DiffusionBackbone: one latent text-to-image model with LoRA adapters, shared by every method."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.utils import convert_state_dict_to_diffusers
+from diffusers.utils.torch_utils import randn_tensor
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch import Tensor, nn
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from lit_pref.backbone.tiny import build_tiny_components
+from lit_pref.backbone.tokenizer import clip_vocab_and_merges
+from lit_pref.io import atomic_dir
+
+PRESETS = {"tiny": "sd", "tiny-sdxl": "sdxl"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+Conditioning = dict  # keyword arguments of the UNet: encoder_hidden_states [+ added_cond_kwargs for SDXL]
+
+
+def repeat_conditioning(cond: Conditioning, repeats: int) -> Conditioning:
+    """Repeat every tensor of a conditioning ``repeats`` times along the batch (``[a, b] -> [a, b, a, b]``)."""
+    out = {"encoder_hidden_states": cond["encoder_hidden_states"].repeat(repeats, 1, 1)}
+    if "added_cond_kwargs" in cond:
+        out["added_cond_kwargs"] = {k: v.repeat(repeats, 1) for k, v in cond["added_cond_kwargs"].items()}
+    return out
+
+
+def cat_conditioning(conds: Sequence[Conditioning]) -> Conditioning:
+    """Concatenate conditionings along the batch."""
+    out = {"encoder_hidden_states": torch.cat([c["encoder_hidden_states"] for c in conds])}
+    if "added_cond_kwargs" in conds[0]:
+        keys = conds[0]["added_cond_kwargs"]
+        out["added_cond_kwargs"] = {k: torch.cat([c["added_cond_kwargs"][k] for c in conds]) for k in keys}
+    return out
+
+
+class DiffusionBackbone(nn.Module):
+    """A Stable Diffusion (1.x / 2.x / XL) model whose UNet carries trainable peft LoRA adapters.
+
+    Everything but the LoRA parameters is frozen. The reference model of DPO-style methods is the same
+    UNet with the adapters disabled (``with backbone.reference(): ...``), so no second copy is held.
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        lora_rank: int = 4,
+        lora_alpha: float | None = None,
+        lora_target_modules: list[str] = list(DEFAULT_LORA_TARGETS),
+        lora_init: Literal["gaussian", "kaiming"] = "gaussian",
+        lora_dropout: float = 0.0,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        prediction_type: Literal["epsilon", "v_prediction"] | None = None,
+        gradient_checkpointing: bool = False,
+        revision: str | None = None,
+        variant: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            model: ``"tiny"`` / ``"tiny-sdxl"`` (random weights built from config, for tests and demos), a hub
+                id such as ``runwayml/stable-diffusion-v1-5`` or ``stabilityai/stable-diffusion-xl-base-1.0``,
+                or a local diffusers pipeline folder (SD1.x, SD2.x or SDXL layout).
+            lora_rank: Rank r of the LoRA adapters on the UNet.
+            lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r); ``None`` means alpha = r.
+            lora_target_modules: Names of the UNet linear layers that get adapters (attention projections
+                by default, as in Diffusion-DPO's LoRA variant).
+            lora_init: ``"gaussian"``: A ~ N(0, 1/r); ``"kaiming"``: peft's default Kaiming-uniform A.
+                B is zero in both, so the policy starts equal to the reference.
+            lora_dropout: Dropout on the LoRA branch.
+            dtype: Storage dtype of the frozen UNet and text encoders (bf16/fp16 saves memory on GPU).
+                LoRA parameters always stay float32.
+            vae_dtype: Storage dtype of the VAE; float32 by default (fp16 VAEs produce NaNs).
+            prediction_type: Override the scheduler's prediction type (``None``: read it from the model).
+                The tiny presets use it to build a v-prediction model.
+            gradient_checkpointing: Recompute UNet activations in the backward pass to save memory.
+            revision: Hub revision of ``model``.
+            variant: Weight variant of ``model`` (e.g. ``"fp16"``).
+            seed: Seed of the tiny presets' random weights (ignored for pretrained models).
+        """
+        super().__init__()
+        self.model_name = model
+        self.weight_dtype = DTYPES[dtype]
+        self.vae_dtype = DTYPES[vae_dtype]
+        if model in PRESETS:
+            parts = build_tiny_components(PRESETS[model], seed=seed, prediction_type=prediction_type or "epsilon")
+        else:
+            parts = _load_components(model, revision=revision, variant=variant)
+        self.vae: AutoencoderKL = parts["vae"]
+        self.unet: UNet2DConditionModel = parts["unet"]
+        self.text_encoder: CLIPTextModel = parts["text_encoder"]
+        self.text_encoder_2: CLIPTextModelWithProjection | None = parts.get("text_encoder_2")
+        self.tokenizer: CLIPTokenizer = parts["tokenizer"]
+        self.tokenizer_2: CLIPTokenizer | None = parts.get("tokenizer_2")
+        self.scheduler_config = dict(parts["scheduler"].config)
+        if prediction_type is not None:
+            self.scheduler_config["prediction_type"] = prediction_type
+        # Training noise (add_noise, velocity) follows DDPM; sampling builds a DDIM scheduler from the same config.
+        self.noise_scheduler: DDPMScheduler = DDPMScheduler.from_config(self.scheduler_config)
+
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+            module.eval()
+        for module in self._frozen_modules():
+            dtype = self.vae_dtype if module is self.vae else self.weight_dtype
+            if module.dtype != dtype:
+                module.to(dtype)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.lora_config = LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_alpha if lora_alpha is not None else lora_rank,
+            lora_dropout=lora_dropout,
+            init_lora_weights="gaussian" if lora_init == "gaussian" else True,
+            target_modules=list(lora_target_modules),
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.unet.add_adapter(self.lora_config)
+        for param in self.lora_parameters():
+            param.data = param.data.float()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, model: str, **kwargs) -> DiffusionBackbone:
+        """Load a hub id or local diffusers folder (SD1.x / 2.x / XL); ``kwargs`` as in ``__init__``."""
+        return cls(model=model, **kwargs)
+
+    @classmethod
+    def tiny(cls, sdxl: bool = False, **kwargs) -> DiffusionBackbone:
+        """The tiny SD-like (or SDXL-like) preset with random weights; ``kwargs`` as in ``__init__``."""
+        return cls(model="tiny-sdxl" if sdxl else "tiny", **kwargs)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        return [m for m in (self.vae, self.unet, self.text_encoder, self.text_encoder_2) if m is not None]
+
+    def train(self, mode: bool = True) -> DiffusionBackbone:
+        """Only the UNet (its LoRA dropout) follows train/eval; VAE and text encoders stay in eval mode."""
+        self.training = mode
+        self.unet.train(mode)
+        return self
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def is_sdxl(self) -> bool:
+        """Whether the model has SDXL's second text encoder and micro-conditioning."""
+        return self.text_encoder_2 is not None
+
+    @property
+    def prediction_type(self) -> str:
+        """``"epsilon"`` or ``"v_prediction"``, from the scheduler config."""
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def default_resolution(self) -> int:
+        """The resolution (pixels) the UNet was built or trained for."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    def lora_parameters(self) -> Iterator[nn.Parameter]:
+        """The trainable LoRA parameters (the only parameters with ``requires_grad``)."""
+        return (p for n, p in self.unet.named_parameters() if "lora_" in n)
+
+    # ------------------------------------------------------------------ reference model
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        """Run the UNet with LoRA adapters disabled: the frozen reference / base model."""
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
+
+    # ------------------------------------------------------------------ encoders
+    @torch.no_grad()
+    def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents, sampled from the posterior."""
+        posterior = self.vae.encode(images.to(self.device, self.vae_dtype)).latent_dist
+        latents = posterior.sample(generator=generator)
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return ((latents - shift) * self.vae.config.scaling_factor).to(self.weight_dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Decode scaled latents to images in [0, 1]."""
+        shift = self.vae.config.get("shift_factor") or 0.0
+        latents = latents.to(self.vae_dtype) / self.vae.config.scaling_factor + shift
+        return (self.vae.decode(latents).sample.float() / 2 + 0.5).clamp(0, 1)
+
+    def _token_ids(self, tokenizer: CLIPTokenizer, prompts: Sequence[str]) -> Tensor:
+        return tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+
+    @torch.no_grad()
+    def encode_prompts(
+        self,
+        prompts: Sequence[str],
+        original_sizes: Tensor | None = None,
+        crop_top_left: Tensor | None = None,
+        target_size: tuple[int, int] | None = None,
+    ) -> Conditioning:
+        """Text conditioning for the UNet, as in the diffusers pipelines.
+
+        Args:
+            prompts: B prompts (empty string = unconditional).
+            original_sizes: SDXL only: (B, 2) height/width of the source images; default ``target_size``.
+            crop_top_left: SDXL only: (B, 2) crop offsets; default zeros.
+            target_size: SDXL only: (height, width) generated; default the model's resolution.
+
+        Returns:
+            ``{"encoder_hidden_states": (B, 77, D)}``; SDXL adds ``"added_cond_kwargs"`` with the pooled
+            ``text_embeds`` of the second encoder and the six micro-conditioning ``time_ids``.
+        """
+        if not self.is_sdxl:
+            hidden = self.text_encoder(self._token_ids(self.tokenizer, prompts))[0]
+            return {"encoder_hidden_states": hidden.to(self.weight_dtype)}
+        out1 = self.text_encoder(self._token_ids(self.tokenizer, prompts), output_hidden_states=True)
+        out2 = self.text_encoder_2(self._token_ids(self.tokenizer_2, prompts), output_hidden_states=True)
+        hidden = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
+        batch = len(prompts)
+        size = target_size or (self.default_resolution, self.default_resolution)
+        target = torch.tensor(size, device=self.device).expand(batch, 2)
+        original = target if original_sizes is None else original_sizes.to(self.device)
+        crops = torch.zeros_like(target) if crop_top_left is None else crop_top_left.to(self.device)
+        time_ids = torch.cat([original, crops, target], dim=1).to(self.weight_dtype)
+        return {
+            "encoder_hidden_states": hidden.to(self.weight_dtype),
+            "added_cond_kwargs": {"text_embeds": out2.text_embeds.to(self.weight_dtype), "time_ids": time_ids},
+        }
+
+    # ------------------------------------------------------------------ denoiser
+    def predict(self, noisy_latents: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
+        """The UNet's output (epsilon or v) for noisy latents at integer timesteps."""
+        return self.unet(noisy_latents, timesteps, **cond).sample
+
+    def training_target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """What the UNet regresses: the noise (epsilon-prediction) or the velocity (v-prediction)."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "v_prediction":
+            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        negative_prompt: str = "",
+        latents: Tensor | None = None,
+    ) -> Tensor:
+        """Generate images in [0, 1] (B, 3, H, W) with DDIM and classifier-free guidance.
+
+        The same arithmetic and random draws as the diffusers pipelines (``StableDiffusionPipeline`` /
+        ``StableDiffusionXLPipeline`` with a ``DDIMScheduler`` and ``negative_prompt=""``), so a LoRA
+        exported by :meth:`save_lora` gives the same images there for the same generator.
+        """
+        height = height or self.default_resolution
+        width = width or self.default_resolution
+        scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        cfg = guidance_scale > 1.0
+        cond = self.encode_prompts(prompts, target_size=(height, width))
+        if cfg:
+            uncond = self.encode_prompts([negative_prompt] * len(prompts), target_size=(height, width))
+            cond = cat_conditioning([uncond, cond])
+        shape = (len(prompts), self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.weight_dtype)
+        latents = latents * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            model_in = torch.cat([latents] * 2) if cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            pred = self.predict(model_in, t, cond)
+            if cfg:
+                pred_uncond, pred_text = pred.chunk(2)
+                pred = pred_uncond + guidance_scale * (pred_text - pred_uncond)
+            latents = scheduler.step(pred, t, latents, eta=eta, generator=generator).prev_sample
+        return self.decode_latents(latents)
+
+    # ------------------------------------------------------------------ export
+    def lora_state_dict(self) -> dict[str, Tensor]:
+        """The LoRA weights in the diffusers key format (``unet.``-less), as ``save_lora`` writes them."""
+        return convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
+
+    def save_lora(self, directory: str | Path) -> Path:
+        """Write the LoRA adapters in the diffusers format, atomically.
+
+        ``StableDiffusionPipeline.load_lora_weights(directory)`` (or the XL pipeline) reads the result; the
+        adapter's rank and alpha travel in the file's metadata.
+        """
+        pipeline_cls = StableDiffusionXLPipeline if self.is_sdxl else StableDiffusionPipeline
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.lora_state_dict().items()}
+        with atomic_dir(directory) as tmp:
+            pipeline_cls.save_lora_weights(
+                tmp, unet_lora_layers=state, unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict()
+            )
+        return Path(directory)
+
+    def base_unet(self) -> UNet2DConditionModel:
+        """A copy of the UNet without adapters (the frozen base weights), for saving the base model."""
+        unet = UNet2DConditionModel.from_config(self.unet.config)
+        state = {
+            k.replace(".base_layer", ""): v for k, v in self.unet.state_dict().items() if "lora_" not in k
+        }
+        unet.load_state_dict(state, strict=True)
+        return unet.to(self.weight_dtype)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Save the frozen base model (no adapters) as a standard diffusers pipeline folder, atomically.
+
+        The layout is that of the official SD / SDXL repositories (``model_index.json``, ``unet/``, ``vae/``,
+        ``text_encoder/``, ``tokenizer/`` with ``vocab.json`` and ``merges.txt``, ``scheduler/``).
+        """
+        parts = dict(
+            vae=self.vae,
+            unet=self.base_unet(),
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            scheduler=DDIMScheduler.from_config(self.scheduler_config),
+        )
+        if self.is_sdxl:
+            pipeline = StableDiffusionXLPipeline(
+                **parts, text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2
+            )
+        else:
+            pipeline = StableDiffusionPipeline(
+                **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            )
+        with atomic_dir(directory) as tmp:
+            pipeline.save_pretrained(tmp)
+            for name in ("tokenizer", "tokenizer_2"):
+                if (tmp / name).is_dir():
+                    _write_bpe_files(tmp / name)
+        return Path(directory)
+
+
+def _write_bpe_files(folder: Path) -> None:
+    """Add ``vocab.json`` and ``merges.txt``, the files of the official CLIP tokenizer folders."""
+    vocab, merges = clip_vocab_and_merges()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+
+
+def _load_components(model: str, revision: str | None, variant: str | None) -> dict:
+    """Load the components of a diffusers SD / SDXL pipeline from a hub id or a local folder."""
+    folder = Path(model)
+    if folder.exists() and not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a diffusers pipeline folder: it has no model_index.json")
+    kw = dict(revision=revision)
+    parts = {
+        "vae": AutoencoderKL.from_pretrained(model, subfolder="vae", variant=variant, **kw),
+        "unet": UNet2DConditionModel.from_pretrained(model, subfolder="unet", variant=variant, **kw),
+        "text_encoder": CLIPTextModel.from_pretrained(model, subfolder="text_encoder", variant=variant, **kw),
+        "tokenizer": CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw),
+        "scheduler": DDIMScheduler.from_pretrained(model, subfolder="scheduler", **kw),
+    }
+    index = StableDiffusionPipeline.load_config(model, **kw)
+    if index.get("text_encoder_2") and index["text_encoder_2"][0] is not None:
+        parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+            model, subfolder="text_encoder_2", variant=variant, **kw
+        )
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2", **kw)
+    return parts
