@@ -1,0 +1,82 @@
+"""What every LoRA-training module shares: the backbone, the injected optimizer, LoRA-only checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from lit_pref.backbone import DiffusionBackbone
+
+
+class LoRAModule(LightningModule):
+    """Base of the methods: trains only the backbone's LoRA parameters.
+
+    Checkpoints hold only the trainable parameters (and the optimizer state): the frozen base is loaded
+    from ``backbone.model`` again, so a checkpoint of an SD1.5 LoRA run is megabytes, not gigabytes.
+    """
+
+    def __init__(
+        self,
+        backbone: DiffusionBackbone,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+    ) -> None:
+        """
+        Args:
+            backbone: The diffusion model with LoRA adapters.
+            optimizer: Optimizer factory, called with the trainable (LoRA) parameters only.
+            scheduler: Learning-rate scheduler factory, stepped every optimizer step; ``None`` = constant.
+            num_inference_steps: DDIM steps when the module generates images (``predict``).
+            guidance_scale: Classifier-free guidance scale when the module generates images.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.strict_loading = False  # checkpoints hold the trainable parameters only (see on_load_checkpoint)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.trainable_parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "step"}}
+
+    def log_lr(self) -> None:
+        """Log ``train/lr`` (the first parameter group's learning rate)."""
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(checkpoint["state_dict"]))
+        if missing:
+            raise KeyError(
+                f"checkpoint lacks {len(missing)} trainable parameter(s) of this model, e.g. {missing[:3]}; "
+                "was it written with another LoRA rank or target_modules?"
+            )
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Generate one image per prompt of a ``PromptDataModule`` batch, each with its own seed."""
+        generators = [torch.Generator(self.device).manual_seed(int(s)) for s in batch["seeds"]]
+        images = self.backbone.sample(
+            batch["prompts"],
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            generator=generators,
+        )
+        return {"images": images.cpu(), "prompts": batch["prompts"], "seeds": batch["seeds"], "indices": batch["indices"]}
