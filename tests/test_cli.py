@@ -1,0 +1,119 @@
+"""The command line end to end: the demo run, predict, a user's own loss, and every shipped config."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, read_events
+from lit_pref.__main__ import main
+from lit_pref.losses import PairLoss
+
+CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
+
+
+class GapLoss(PairLoss):
+    """A user's loss, defined outside the package: push the winner's error below the loser's."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+
+    def __call__(self, model_err_w, model_err_l, ref_err_w, ref_err_l):
+        gap = (model_err_w - model_err_l).mean()
+        return self.scale * gap, {"gap": gap.detach()}
+
+
+def demo_args(tmp: Path, steps: int) -> list[str]:
+    return [
+        "--config", "configs/demo.yaml",
+        "--trainer.max_steps", str(steps),
+        "--trainer.val_check_interval", str(max(steps // 2, 1)),
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.logger.init_args.save_dir", str(tmp / "runs"),
+        "--data.init_args.data_dir", str(tmp / "data"),
+        "--data.init_args.num_pairs", "32",
+    ]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One short run of the demo config through ``python -m lit_pref fit`` in a subprocess."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run([sys.executable, "-m", "lit_pref", "fit", *demo_args(tmp, 6)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return tmp, tmp / "runs" / "demo" / "version_0"
+
+
+def test_demo_fit_writes_events_config_checkpoints_and_lora(demo_run):
+    _, run = demo_run
+    events = read_events(run)
+    scalars = set(events.Tags()["scalars"])
+    for name in ("train/loss", "train/implicit_acc", "train/model_mse", "train/ref_mse", "train/margin",
+                 "train/lr", "val/loss", "val/implicit_acc"):
+        assert name in scalars, name
+    first = events.Scalars("train/loss")[0]
+    assert first.step == 0 and first.value == pytest.approx(math.log(2), abs=1e-5)  # LoRA B = 0 at step 0
+    images = events.Images("samples/policy_vs_reference")
+    assert images and images[-1].width == 2 * 34 + 2 and images[-1].height == 2 * 34 + 2  # 2 prompts x (policy, ref)
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    lora = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
+    assert any(k.endswith("lora.up.weight") and v.abs().sum() > 0 for k, v in lora.items())
+    assert (run / "lora_best" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_predict_writes_images_for_a_prompt_file(demo_run, run_cli):
+    tmp, run = demo_run
+    (tmp / "prompts.txt").write_text("a red circle on a white background\n\na blue square\n")
+    out = tmp / "predictions"
+    run_cli("predict", "--config", "configs/demo.yaml", "--data", "datamodules.PromptDataModule",
+            "--data.path", str(tmp / "prompts.txt"), "--data.num_images_per_prompt", "2",
+            "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.logger", "false",
+            "--trainer.callbacks+=callbacks.ImageWriter", "--trainer.callbacks.output_dir", str(out),
+            "--model.init_args.num_inference_steps", "3")
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(m["prompt"], m["seed"]) for m in manifest] == [
+        ("a red circle on a white background", 0), ("a red circle on a white background", 1),
+        ("a blue square", 2), ("a blue square", 3)]
+    from PIL import Image
+
+    assert all(Image.open(out / m["file"]).size == (32, 32) for m in manifest)
+
+
+def test_user_loss_from_own_module_trains_the_lora(tmp_path, run_cli):
+    """``--model.loss my_module.MyLoss`` with the loss in a user's file (this test file) on PYTHONPATH."""
+    run_cli("fit", *demo_args(tmp_path, 3), "--model.loss", "test_cli.GapLoss", "--model.loss.scale", "2.0",
+            env={"PYTHONPATH": str(Path(__file__).parent)})
+    run = tmp_path / "runs" / "demo" / "version_0"
+    config = (run / "config.yaml").read_text()
+    assert "class_path: test_cli.GapLoss" in config and "scale: 2.0" in config
+    assert "train/gap" in read_events(run).Tags()["scalars"]
+    lora = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
+    ups = [v for k, v in lora.items() if k.endswith("lora.up.weight")]
+    assert ups and all(torch.count_nonzero(v) > 0 for v in ups)  # B started at 0: the gradient reached it
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_every_shipped_config_parses(config):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path: lit_pref.modules." in out.getvalue()
+
+
+def test_console_script_is_installed():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "lit-pref"]
+    assert script.value == "lit_pref.__main__:main"
