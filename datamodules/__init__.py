@@ -3,6 +3,9 @@
 from .preference_pairs import BadRowError, PreferencePairDataModule, PreferencePairDataset, collate_pairs
 from .prompts import PromptDataModule
 from .synthetic import SyntheticPreferenceDataModule, draw_shape, make_synthetic_pairs
+from .toy import HELDOUT_COMBOS, Scene, ToyImageDataModule, ToyImageDataset, parse_caption, render, sample_scene
+from .toy import caption as toy_caption
+from .toy import prompts as toy_prompts  # not `prompts`: that would shadow the submodule datamodules.prompts
 
 __all__ = [
     "BadRowError",
@@ -13,4 +16,13 @@ __all__ = [
     "collate_pairs",
     "draw_shape",
     "make_synthetic_pairs",
+    "HELDOUT_COMBOS",
+    "Scene",
+    "ToyImageDataModule",
+    "ToyImageDataset",
+    "parse_caption",
+    "render",
+    "sample_scene",
+    "toy_caption",
+    "toy_prompts",
 ]

@@ -117,9 +117,22 @@ def draw_shape(
     return image
 
 
-def random_placement(rng: np.random.Generator, resolution: int) -> tuple[float, tuple[float, float]]:
-    """Random size (small or large) and a centre that keeps the shape inside the image."""
-    lo, hi = SIZE_RANGES["small" if rng.random() < 0.5 else "large"]
+def random_placement(
+    rng: np.random.Generator, resolution: int, size_class: str | None = None
+) -> tuple[float, tuple[float, float]]:
+    """Random size and a centre that keeps the shape inside the image.
+
+    Args:
+        rng: Source of randomness.
+        resolution: Side of the square image.
+        size_class: ``"small"`` or ``"large"`` (see :data:`SIZE_RANGES`); None
+            picks one with probability 0.5 each.
+    """
+    if size_class is None:
+        size_class = "small" if rng.random() < 0.5 else "large"
+    elif size_class not in SIZE_RANGES:
+        raise ValueError(f"unknown size_class {size_class!r}; expected one of {list(SIZE_RANGES)}")
+    lo, hi = SIZE_RANGES[size_class]
     size = float(rng.integers(round(lo * resolution), round(hi * resolution) + 1))
     size = max(size, 2.0)
     half = size / 2.0
