@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,10 +24,11 @@ from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from lit_pref.backbone.tiny import build_tiny_components
-from lit_pref.backbone.tokenizer import clip_vocab_and_merges
+from lit_pref.backbone.tokenizer import write_bpe_files
 from lit_pref.io import atomic_dir
 
 PRESETS = {"tiny": "sd", "tiny-sdxl": "sdxl"}
+TOY_PIPELINE = Path(__file__).resolve().parents[1] / "assets" / "toy" / "pipeline"  # pre-trained, shipped
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -77,7 +77,8 @@ class DiffusionBackbone(nn.Module):
     ) -> None:
         """
         Args:
-            model: ``"tiny"`` / ``"tiny-sdxl"`` (random weights built from config, for tests and demos), a hub
+            model: ``"toy"`` (the shipped toy-world model, pre-trained on coloured shapes at 32 px),
+                ``"tiny"`` / ``"tiny-sdxl"`` (random weights built from config, for tests), a hub
                 id such as ``runwayml/stable-diffusion-v1-5`` or ``stabilityai/stable-diffusion-xl-base-1.0``,
                 or a local diffusers pipeline folder (SD1.x, SD2.x or SDXL layout).
             lora_rank: Rank r of the LoRA adapters on the UNet.
@@ -99,6 +100,8 @@ class DiffusionBackbone(nn.Module):
         """
         super().__init__()
         self.model_name = model
+        if model == "toy":
+            model = str(TOY_PIPELINE)
         self.weight_dtype = DTYPES[dtype]
         self.vae_dtype = DTYPES[vae_dtype]
         if model in PRESETS:
@@ -369,15 +372,8 @@ class DiffusionBackbone(nn.Module):
             pipeline.save_pretrained(tmp)
             for name in ("tokenizer", "tokenizer_2"):
                 if (tmp / name).is_dir():
-                    _write_bpe_files(tmp / name)
+                    write_bpe_files(tmp / name)
         return Path(directory)
-
-
-def _write_bpe_files(folder: Path) -> None:
-    """Add ``vocab.json`` and ``merges.txt``, the files of the official CLIP tokenizer folders."""
-    vocab, merges = clip_vocab_and_merges()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
 
 
 def _load_components(model: str, revision: str | None, variant: str | None) -> dict:
