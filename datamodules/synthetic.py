@@ -12,19 +12,15 @@ numpy only and are meant to be reused by the toy world.
 from __future__ import annotations
 
 import io
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
-from .preference_pairs import PreferencePairDataModule
+from .generated import PAIR_SCHEMA, GeneratedPairsDataModule, write_pairs_parquet
 
 __all__ = [
     "BACKGROUNDS",
@@ -185,25 +181,6 @@ def _generate_rows(num_pairs: int, resolution: int, tie_fraction: float, seed: i
     return rows
 
 
-_SCHEMA = pa.schema(
-    [("caption", pa.string()), ("jpg_0", pa.binary()), ("jpg_1", pa.binary()), ("label_0", pa.float64())]
-)
-
-
-def _replace_atomically(tmp: Path, target: Path) -> None:
-    """Moves ``tmp`` (file or directory) to ``target``, replacing what was there."""
-    if tmp.is_dir() and target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-    else:
-        os.replace(tmp, target)
-
-
 def make_synthetic_pairs(
     path: str | os.PathLike,
     num_pairs: int = 256,
@@ -240,40 +217,15 @@ def make_synthetic_pairs(
         raise ValueError(f"resolution must be at least 8, got {resolution}")
     if rows_per_file is not None and rows_per_file < 1:
         raise ValueError(f"rows_per_file must be at least 1, got {rows_per_file}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table(_generate_rows(num_pairs, resolution, tie_fraction, seed), schema=_SCHEMA)
-
-    if rows_per_file is None:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            pq.write_table(table, tmp)
-            _replace_atomically(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
-            for shard, start in enumerate(range(0, num_pairs, rows_per_file)):
-                pq.write_table(table.slice(start, rows_per_file), tmp / f"part-{shard:05d}.parquet")
-            _replace_atomically(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return path
+    table = pa.table(_generate_rows(num_pairs, resolution, tie_fraction, seed), schema=PAIR_SCHEMA)
+    return write_pairs_parquet(table, path, rows_per_file)
 
 
-class SyntheticPreferenceDataModule(PreferencePairDataModule):
-    """:class:`PreferencePairDataModule` over generated shape pairs (no downloads).
+class SyntheticPreferenceDataModule(GeneratedPairsDataModule):
+    """Generated shape pairs (no downloads): the winner shows the caption's colour and shape.
 
-    ``prepare_data`` writes ``train.parquet``, ``val.parquet`` and
-    ``meta.json`` (the generation parameters) under ``data_dir`` when they are
-    missing or were made with different parameters, then the data are read
-    exactly like any Pick-a-Pic-style parquet. Validation pairs use seed
-    ``seed + 1_000_000``.
+    ``prepare_data`` writes ``train.parquet``, ``val.parquet`` and ``meta.json`` under ``data_dir`` when
+    they are missing or were made with other parameters (see :class:`GeneratedPairsDataModule`).
 
     Args:
         data_dir: Directory for the generated files.
@@ -289,8 +241,6 @@ class SyntheticPreferenceDataModule(PreferencePairDataModule):
         on_bad_row: ``"raise"`` or ``"skip"`` (see :class:`PreferencePairDataModule`).
     """
 
-    VAL_SEED_OFFSET = 1_000_000
-
     def __init__(
         self,
         data_dir: str = "data/synthetic_pairs",
@@ -305,25 +255,11 @@ class SyntheticPreferenceDataModule(PreferencePairDataModule):
         random_flip: bool = False,
         on_bad_row: Literal["raise", "skip"] = "raise",
     ) -> None:
-        data_dir_path = Path(data_dir)
-        super().__init__(
-            train_path=str(data_dir_path / "train.parquet"),
-            val_path=str(data_dir_path / "val.parquet") if num_val_pairs > 0 else None,
-            resolution=resolution,
-            center_crop=True,
-            random_flip=random_flip,
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            num_workers=num_workers,
-            on_bad_row=on_bad_row,
-            seed=seed,
-        )
-        self.data_dir = data_dir_path
-        self.num_pairs = num_pairs
-        self.num_val_pairs = num_val_pairs
+        super().__init__(data_dir, num_pairs, num_val_pairs, seed, resolution, batch_size, val_batch_size,
+                         num_workers, random_flip, on_bad_row)
         self.tie_fraction = tie_fraction
 
-    def _meta(self) -> dict:
+    def generation_params(self) -> dict:
         return {
             "generator_version": GENERATOR_VERSION,
             "num_pairs": self.num_pairs,
@@ -333,42 +269,5 @@ class SyntheticPreferenceDataModule(PreferencePairDataModule):
             "resolution": self.resolution,
         }
 
-    def _up_to_date(self) -> bool:
-        meta_path = self.data_dir / "meta.json"
-        try:
-            recorded = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            return False
-        if recorded != self._meta():
-            return False
-        needed = [self.data_dir / "train.parquet"]
-        if self.num_val_pairs > 0:
-            needed.append(self.data_dir / "val.parquet")
-        return all(p.is_file() for p in needed)
-
-    def prepare_data(self) -> None:
-        """Generates the data set unless an identical one is already on disk."""
-        if self._up_to_date():
-            return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "meta.json").unlink(missing_ok=True)  # invalid until rewritten
-        make_synthetic_pairs(self.data_dir / "train.parquet", self.num_pairs, self.resolution,
-                             self.tie_fraction, self.seed)
-        val_path = self.data_dir / "val.parquet"
-        if self.num_val_pairs > 0:
-            make_synthetic_pairs(val_path, self.num_val_pairs, self.resolution, self.tie_fraction,
-                                 self.seed + self.VAL_SEED_OFFSET)
-        else:
-            val_path.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".meta.json.", suffix=".tmp", dir=self.data_dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._meta(), f, indent=2, sort_keys=True)
-        os.replace(tmp, self.data_dir / "meta.json")
-
-    def setup(self, stage: str | None = None) -> None:
-        if not (self.data_dir / "train.parquet").is_file():
-            raise FileNotFoundError(
-                f"{self.data_dir / 'train.parquet'} does not exist: call prepare_data() first "
-                "(the Trainer does this automatically)"
-            )
-        super().setup(stage)
+    def write_pairs(self, path: Path, num_pairs: int, seed: int, split: str) -> None:
+        make_synthetic_pairs(path, num_pairs, self.resolution, self.tie_fraction, seed)

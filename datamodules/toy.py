@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .synthetic import BACKGROUNDS, COLOURS, SHAPES, SIZE_RANGES, draw_shape, random_placement
+from .synthetic import BACKGROUNDS, COLOURS, SHAPES, draw_shape, random_placement
 
 __all__ = [
     "HELDOUT_COMBOS",
