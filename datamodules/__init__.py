@@ -1,4 +1,4 @@
-"""Data modules of lit_pref: preference pairs, synthetic pairs and prompt lists."""
+"""Data modules of lit_pref: preference pairs (files, synthetic, toy world), toy images and prompt lists."""
 
 from .preference_pairs import BadRowError, PreferencePairDataModule, PreferencePairDataset, collate_pairs
 from .prompts import PromptDataModule
@@ -6,6 +6,7 @@ from .synthetic import SyntheticPreferenceDataModule, draw_shape, make_synthetic
 from .toy import HELDOUT_COMBOS, Scene, ToyImageDataModule, ToyImageDataset, parse_caption, render, sample_scene
 from .toy import caption as toy_caption
 from .toy import prompts as toy_prompts  # not `prompts`: that would shadow the submodule datamodules.prompts
+from .toy_pairs import ToyPreferenceDataModule
 
 __all__ = [
     "BadRowError",
@@ -25,4 +26,5 @@ __all__ = [
     "sample_scene",
     "toy_caption",
     "toy_prompts",
+    "ToyPreferenceDataModule",
 ]

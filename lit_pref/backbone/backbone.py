@@ -16,10 +16,11 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from diffusers.utils import convert_state_dict_to_diffusers
+from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
 from diffusers.utils.torch_utils import randn_tensor
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -337,6 +338,18 @@ class DiffusionBackbone(nn.Module):
                 tmp, unet_lora_layers=state, unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict()
             )
         return Path(directory)
+
+    def load_lora(self, directory: str | Path) -> None:
+        """Load LoRA weights written by :meth:`save_lora` (or any diffusers-format UNet LoRA of the same rank and
+        target modules) into the adapters."""
+        state = load_file(Path(directory) / "pytorch_lora_weights.safetensors")
+        state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()})
+        result = set_peft_model_state_dict(self.unet, state, adapter_name="default")
+        if result.unexpected_keys:
+            raise KeyError(f"{directory}: LoRA keys this backbone's adapters do not have: {result.unexpected_keys[:3]}")
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if missing:
+            raise KeyError(f"{directory}: LoRA lacks weights for {len(missing)} adapter tensors, e.g. {missing[:3]}")
 
     def base_unet(self) -> UNet2DConditionModel:
         """A copy of the UNet without adapters (the frozen base weights), for saving the base model."""

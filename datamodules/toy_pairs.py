@@ -1,0 +1,150 @@
+"""Preference pairs of the toy world: two base-model samples of one prompt, labelled by the hidden human."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from lit_pref.backbone import DiffusionBackbone
+from lit_pref.backbone.backbone import TOY_PIPELINE
+
+from .generated import PAIR_SCHEMA, GeneratedPairsDataModule, write_pairs_parquet
+from .toy import prompts
+
+GENERATOR_VERSION = 1
+
+
+def _png(image: torch.Tensor) -> bytes:
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _model_fingerprint(model: str) -> str:
+    """``model`` plus the sizes and modification times of its weight files, so a retrained model rebuilds pairs."""
+    folder = TOY_PIPELINE if model == "toy" else Path(model)
+    if not folder.is_dir():
+        return model
+    files = sorted(folder.rglob("*.safetensors"))
+    return model + "|" + ";".join(f"{f.relative_to(folder)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+@torch.no_grad()
+def sample_labelled_pairs(
+    backbone: DiffusionBackbone,
+    prompt_list: list[str],
+    num_pairs: int,
+    labeller: "BradleyTerryLabeller",  # noqa: F821 - lit_pref.rewards.BradleyTerryLabeller
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    batch_size: int = 64,
+) -> pa.Table:
+    """Sample two images per pair (prompts cycled in a seeded order, every image its own noise seed) and label
+    them; the table has the Pick-a-Pic columns plus the hidden rewards ``reward_0`` and ``reward_1``."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(num_pairs) % len(prompt_list)
+    pair_prompts = [prompt_list[i] for i in order]
+    texts = [p for p in pair_prompts for _ in range(2)]  # pair i: images 2i and 2i+1
+    images = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        generators = [torch.Generator(backbone.device).manual_seed(seed * 1_000_003 + start + j) for j in range(len(chunk))]
+        images.append(backbone.sample(chunk, num_inference_steps=num_inference_steps,
+                                      guidance_scale=guidance_scale, generator=generators).cpu())
+    images = torch.cat(images)
+    images_0, images_1 = images[0::2], images[1::2]
+    rewards_0 = labeller.reward.score(images_0, pair_prompts)
+    rewards_1 = labeller.reward.score(images_1, pair_prompts)
+    labels = labeller.label_from_rewards(rewards_0, rewards_1)
+    columns = {
+        "caption": pair_prompts,
+        "jpg_0": [_png(x) for x in images_0],
+        "jpg_1": [_png(x) for x in images_1],
+        "label_0": labels.double().tolist(),
+    }
+    schema = PAIR_SCHEMA.append(pa.field("reward_0", pa.float64())).append(pa.field("reward_1", pa.float64()))
+    return pa.table({**columns, "reward_0": rewards_0.double().tolist(), "reward_1": rewards_1.double().tolist()},
+                    schema=schema)
+
+
+class ToyPreferenceDataModule(GeneratedPairsDataModule):
+    """Pick-a-Pic-style pairs from the toy base model, labelled by the toy world's hidden human.
+
+    Training pairs use the pre-training prompts, validation pairs the held-out prompts (colour-shape combinations
+    the base model never saw). Each pair is two samples of one prompt with different noise; the noisy
+    Bradley-Terry labeller over :class:`~lit_pref.rewards.ToyGroundTruthReward` picks the winner. Files are
+    generated on first use under ``data_dir`` and rebuilt when a parameter or the model's weights change.
+
+    Args:
+        data_dir: Directory for the generated files.
+        num_pairs: Number of training pairs.
+        num_val_pairs: Number of validation pairs (0 for no validation set).
+        model: The base model that samples the pairs (``"toy"`` or a diffusers folder).
+        num_inference_steps: DDIM steps of the base model's samples.
+        guidance_scale: Classifier-free guidance of the base model's samples.
+        temperature: Bradley-Terry temperature of the hidden human (0 = always the higher reward).
+        tie_margin: Reward differences at most this large are labelled ties (0.5).
+        seed: Seed of the sampling noise, the labeller and the per-item flips.
+        batch_size: Training batch size.
+        val_batch_size: Validation batch size; None uses ``batch_size``.
+        num_workers: DataLoader worker processes.
+        random_flip: Flip training pairs horizontally with probability 0.5.
+        on_bad_row: ``"raise"`` or ``"skip"`` (see ``PreferencePairDataModule``).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/toy_pairs",
+        num_pairs: int = 256,
+        num_val_pairs: int = 32,
+        model: str = "toy",
+        num_inference_steps: int = 10,
+        guidance_scale: float = 4.0,
+        temperature: float = 0.1,
+        tie_margin: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        random_flip: bool = False,
+        on_bad_row: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__(data_dir, num_pairs, num_val_pairs, seed, 32, batch_size, val_batch_size, num_workers,
+                         random_flip, on_bad_row)
+        self.model = model
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.temperature = temperature
+        self.tie_margin = tie_margin
+
+    def generation_params(self) -> dict:
+        return {
+            "generator_version": GENERATOR_VERSION,
+            "model": _model_fingerprint(self.model),
+            "num_pairs": self.num_pairs,
+            "num_val_pairs": self.num_val_pairs,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "temperature": self.temperature,
+            "tie_margin": self.tie_margin,
+            "seed": self.seed,
+        }
+
+    def write_pairs(self, path: Path, num_pairs: int, seed: int, split: Literal["train", "val"]) -> None:
+        # Imported here: lit_pref.rewards reads the toy vocabulary from this package, which imports this module.
+        from lit_pref.rewards import BradleyTerryLabeller, ToyGroundTruthReward
+
+        backbone = DiffusionBackbone(model=self.model).eval()
+        labeller = BradleyTerryLabeller(ToyGroundTruthReward(), self.temperature, self.tie_margin, seed)
+        prompt_list = prompts("train" if split == "train" else "heldout")
+        table = sample_labelled_pairs(backbone, prompt_list, num_pairs, labeller, self.num_inference_steps,
+                                      self.guidance_scale, seed)
+        write_pairs_parquet(table, path)
