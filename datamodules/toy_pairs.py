@@ -142,7 +142,8 @@ class ToyPreferenceDataModule(GeneratedPairsDataModule):
         # Imported here: lit_pref.rewards reads the toy vocabulary from this package, which imports this module.
         from lit_pref.rewards import BradleyTerryLabeller, ToyGroundTruthReward
 
-        backbone = DiffusionBackbone(model=self.model).eval()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        backbone = DiffusionBackbone(model=self.model).eval().to(device)
         labeller = BradleyTerryLabeller(ToyGroundTruthReward(), self.temperature, self.tie_margin, seed)
         prompt_list = prompts("train" if split == "train" else "heldout")
         table = sample_labelled_pairs(backbone, prompt_list, num_pairs, labeller, self.num_inference_steps,

@@ -38,7 +38,7 @@ def demo_args(tmp: Path, steps: int) -> list[str]:
         "--trainer.log_every_n_steps", "1",
         "--trainer.logger.init_args.save_dir", str(tmp / "runs"),
         "--data.init_args.data_dir", str(tmp / "data"),
-        "--data.init_args.num_pairs", "32",
+        "--data.init_args.num_pairs", "16", "--data.init_args.num_val_pairs", "4",
     ]
 
 
@@ -65,7 +65,7 @@ def test_demo_fit_writes_events_config_checkpoints_and_lora(demo_run):
     first = events.Scalars("train/loss")[0]
     assert first.step == 0 and first.value == pytest.approx(math.log(2), abs=1e-5)  # LoRA B = 0 at step 0
     images = events.Images("samples/policy_vs_reference")
-    assert images and images[-1].width == 2 * 34 + 2 and images[-1].height == 2 * 34 + 2  # 2 prompts x (policy, ref)
+    assert images and images[-1].width == 2 * 34 + 2 and images[-1].height == 3 * 34 + 2  # 3 prompts x (policy, ref)
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     lora = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
     assert any(k.endswith("lora.up.weight") and v.abs().sum() > 0 for k, v in lora.items())
