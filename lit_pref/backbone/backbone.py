@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from lit_pref.backbone.ddim_logprob import Trajectory, ddim_step_with_logprob
 from lit_pref.backbone.tiny import build_tiny_components
 from lit_pref.backbone.tokenizer import write_bpe_files
 from lit_pref.io import atomic_dir
@@ -277,6 +278,24 @@ class DiffusionBackbone(nn.Module):
             return self.noise_scheduler.get_velocity(latents, noise, timesteps)
         raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
 
+    def guided_prediction(
+        self, scheduler: DDIMScheduler, latents: Tensor, timesteps: Tensor, cond: Conditioning, guidance_scale: float
+    ) -> Tensor:
+        """The UNet output with classifier-free guidance, as the diffusers pipelines compute it.
+
+        With ``guidance_scale > 1``, ``cond`` holds the unconditional rows first and the conditional rows second
+        (``cat_conditioning([negative, positive])``) and the result is ``uncond + g * (text - uncond)``.
+        ``timesteps`` is a 0-d tensor or one per row of ``latents``.
+        """
+        cfg = guidance_scale > 1.0
+        model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, timesteps)
+        model_t = torch.cat([timesteps] * 2) if cfg and timesteps.ndim == 1 else timesteps
+        pred = self.predict(model_in, model_t, cond)
+        if not cfg:
+            return pred
+        pred_uncond, pred_text = pred.chunk(2)
+        return pred_uncond + guidance_scale * (pred_text - pred_uncond)
+
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(
@@ -285,18 +304,30 @@ class DiffusionBackbone(nn.Module):
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
         eta: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         height: int | None = None,
         width: int | None = None,
         negative_prompt: str = "",
         latents: Tensor | None = None,
-    ) -> Tensor:
+        return_trajectory: bool = False,
+    ) -> Tensor | Trajectory:
         """Generate images in [0, 1] (B, 3, H, W) with DDIM and classifier-free guidance.
 
         The same arithmetic and random draws as the diffusers pipelines (``StableDiffusionPipeline`` /
         ``StableDiffusionXLPipeline`` with a ``DDIMScheduler`` and ``negative_prompt=""``), so a LoRA
         exported by :meth:`save_lora` gives the same images there for the same generator.
+
+        With ``return_trajectory=True`` (needs ``eta > 0``; the papers use ``eta = 1``) every step is
+        :func:`~lit_pref.backbone.ddim_logprob.ddim_step_with_logprob` and a
+        :class:`~lit_pref.backbone.ddim_logprob.Trajectory` is returned: the images, every latent x_T .. x_0,
+        the float32 log-prob of each (guided) transition under the current weights, and the timesteps. Its
+        noise comes from ``generator`` in the same order and dtype as ``DDIMScheduler.step`` draws it, so
+        the images equal those of ``return_trajectory=False`` with the same ``eta`` and generator (up to
+        float rounding). :meth:`step_log_prob` recomputes the stored log-probs.
         """
+        if return_trajectory and not eta > 0:
+            raise ValueError(f"return_trajectory=True needs eta > 0 (an eta = 0 DDIM step has no log-probability); "
+                             f"got eta={eta}")
         height = height or self.default_resolution
         width = width or self.default_resolution
         scheduler = DDIMScheduler.from_config(self.scheduler_config)
@@ -310,15 +341,103 @@ class DiffusionBackbone(nn.Module):
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.weight_dtype)
         latents = latents * scheduler.init_noise_sigma
+        all_latents, log_probs = [latents], []
         for t in scheduler.timesteps:
-            model_in = torch.cat([latents] * 2) if cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            pred = self.predict(model_in, t, cond)
-            if cfg:
-                pred_uncond, pred_text = pred.chunk(2)
-                pred = pred_uncond + guidance_scale * (pred_text - pred_uncond)
-            latents = scheduler.step(pred, t, latents, eta=eta, generator=generator).prev_sample
-        return self.decode_latents(latents)
+            pred = self.guided_prediction(scheduler, latents, t, cond, guidance_scale)
+            if not return_trajectory:
+                latents = scheduler.step(pred, t, latents, eta=eta, generator=generator).prev_sample
+                continue
+            latents, log_prob = ddim_step_with_logprob(scheduler, pred, t, latents, eta=eta, generator=generator)
+            all_latents.append(latents)
+            log_probs.append(log_prob)
+        images = self.decode_latents(latents)
+        if not return_trajectory:
+            return images
+        return Trajectory(
+            images=images,
+            latents=torch.stack(all_latents, dim=1),
+            log_probs=torch.stack(log_probs, dim=1),
+            timesteps=scheduler.timesteps.clone(),
+            prompts=list(prompts),
+            guidance_scale=float(guidance_scale),
+            eta=float(eta),
+            negative_prompt=negative_prompt,
+        )
+
+    def step_log_prob(
+        self,
+        latents_t: Tensor,
+        timesteps: int | Tensor,
+        next_latents: Tensor,
+        cond: Conditioning | Sequence[str],
+        guidance_scale: float,
+        eta: float,
+        num_inference_steps: int,
+        negative_cond: Conditioning | None = None,
+        negative_prompt: str = "",
+    ) -> Tensor:
+        """Recompute ``log p(next_latents | latents_t, c)`` of stored DDIM transitions under the current weights.
+
+        The contract, for a :class:`~lit_pref.backbone.ddim_logprob.Trajectory` ``traj`` from
+        ``sample(prompts, num_inference_steps=N, guidance_scale=g, eta=eta, return_trajectory=True)`` and a step
+        index ``k`` (0 = noisiest)::
+
+            logp = backbone.step_log_prob(traj.latents[:, k], traj.timesteps[k], traj.latents[:, k + 1],
+                                          traj.prompts, g, eta, N)        # (B,), float32, with grad
+            with backbone.reference():
+                logp_init = backbone.step_log_prob(...same arguments...)  # the initial model (adapters off)
+
+        With unchanged weights ``logp`` equals ``traj.log_probs[:, k]`` (same ops; float rounding only). Per-sample
+        step indices ``ks`` (B,) work too: pass ``traj.latents[arange(B), ks]``, ``traj.timesteps[ks]`` and
+        ``traj.latents[arange(B), ks + 1]``. Rows of different trajectories (winners and losers of many pairs)
+        may be concatenated into one batch, with their conditionings concatenated alike.
+
+        Not under ``no_grad``: gradients flow to the LoRA parameters (call it inside ``torch.no_grad()`` for
+        the reference). One UNet pass on 2B rows with guidance (``guidance_scale > 1``), on B rows without.
+
+        Args:
+            latents_t: (B, C, h, w) x at the start of the step (``traj.latents[:, k]``).
+            timesteps: The UNet timestep of the step, ``traj.timesteps[k]``: an int, a 0-d tensor, or (B,) per
+                sample. Must be one of the N-step DDIM schedule's timesteps (a step index passed by mistake
+                raises ``ValueError``).
+            next_latents: (B, C, h, w) the stored result of the step (``traj.latents[:, k + 1]``).
+            cond: The conditioning of the B rows, made as :meth:`sample` makes it
+                (``encode_prompts(prompts, target_size=(H, W))``), or the B prompts themselves (encoded here with
+                the target size ``latents_t``'s size times the VAE scale factor).
+            guidance_scale: The classifier-free guidance scale of the sampling (> 1 enables guidance).
+            eta: The DDIM eta of the sampling (> 0).
+            num_inference_steps: N, the number of steps of the sampled chain (``traj.num_steps``): it fixes the
+                previous timestep ``t - T // N``.
+            negative_cond: The B-row unconditional conditioning for guidance; ``None`` encodes
+                ``negative_prompt`` (pass it to save the text-encoder pass when calling repeatedly).
+            negative_prompt: The unconditional prompt used when ``negative_cond`` is ``None``; ``""`` as in
+                :meth:`sample`.
+
+        Returns:
+            (B,) float32 log-probs (means over latent elements, see ``ddim_step_with_logprob``).
+        """
+        scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        batch = latents_t.shape[0]
+        t = torch.as_tensor(timesteps, device=self.device).long()
+        if not torch.isin(t, scheduler.timesteps).all():
+            raise ValueError(f"timesteps {t.tolist()} are not all in the {num_inference_steps}-step DDIM schedule "
+                             f"{scheduler.timesteps.tolist()}; pass traj.timesteps[k], not the step index k")
+        size = (latents_t.shape[-2] * self.vae_scale_factor, latents_t.shape[-1] * self.vae_scale_factor)
+        if not isinstance(cond, dict):
+            if len(cond) != batch:
+                raise ValueError(f"got {len(cond)} prompts for {batch} latents")
+            cond = self.encode_prompts(list(cond), target_size=size)
+        cfg = guidance_scale > 1.0
+        latents_t = latents_t.to(self.device, self.weight_dtype)
+        if cfg:
+            if negative_cond is None:
+                negative_cond = self.encode_prompts([negative_prompt] * batch, target_size=size)
+            cond = cat_conditioning([negative_cond, cond])
+        pred = self.guided_prediction(scheduler, latents_t, t, cond, guidance_scale)
+        _, log_prob = ddim_step_with_logprob(scheduler, pred, t, latents_t, eta=eta,
+                                             prev_sample=next_latents.to(self.device))
+        return log_prob
 
     # ------------------------------------------------------------------ export
     def lora_state_dict(self) -> dict[str, Tensor]:
