@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +16,9 @@ from lit_pref.backbone.backbone import TOY_PIPELINE
 
 from .generated import PAIR_SCHEMA, GeneratedPairsDataModule, write_pairs_parquet
 from .toy import prompts
+
+if TYPE_CHECKING:
+    from lit_pref.rewards import BradleyTerryLabeller
 
 GENERATOR_VERSION = 1
 
@@ -41,7 +44,7 @@ def sample_labelled_pairs(
     backbone: DiffusionBackbone,
     prompt_list: list[str],
     num_pairs: int,
-    labeller: "BradleyTerryLabeller",  # noqa: F821 - lit_pref.rewards.BradleyTerryLabeller
+    labeller: BradleyTerryLabeller,
     num_inference_steps: int,
     guidance_scale: float,
     seed: int,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pyarrow.parquet as pq
-import pytest
 import torch
 from lightning.pytorch import Trainer
 

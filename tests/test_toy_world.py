@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from datamodules.synthetic import COLOURS, SHAPES, draw_shape
 from datamodules.toy import (
     HELDOUT_COMBOS,
-    Scene,
     ToyImageDataModule,
     ToyImageDataset,
     caption,
