@@ -121,7 +121,8 @@ def collate_prompts(items: Sequence[tuple[str, int, int]]) -> dict[str, Any]:
 
 
 class PromptDataModule(pl.LightningDataModule):
-    """Prompts for ``predict``: writing images for every prompt of a file.
+    """Prompts, from a file or listed inline: for ``predict`` (images for every prompt) and for methods that
+    train on their own samples (``fit`` in trajectory mode: shuffled prompt batches, reshuffled every epoch).
 
     ``predict_dataloader()`` yields ``{"prompts": list[str], "seeds":
     LongTensor[B], "indices": LongTensor[B]}`` in file order; repeat ``j`` of
@@ -131,7 +132,8 @@ class PromptDataModule(pl.LightningDataModule):
     Args:
         path: Prompt file: ``.txt`` (one prompt per line, blank lines ignored),
             ``.jsonl`` (each line an object with key ``column``, or a JSON
-            string) or ``.parquet`` (column ``column``).
+            string) or ``.parquet`` (column ``column``). Give ``path`` or ``prompts``.
+        prompts: The prompts themselves, instead of a file.
         column: Key (JSONL) or column (parquet) holding the prompt; ignored for
             ``.txt``.
         batch_size: Prompts per batch.
@@ -142,7 +144,8 @@ class PromptDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: str | None = None,
+        prompts: list[str] | None = None,
         column: str = "caption",
         batch_size: int = 4,
         num_images_per_prompt: int = 1,
@@ -150,6 +153,10 @@ class PromptDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if (path is None) == (prompts is None):
+            raise ValueError("give exactly one of path (a prompt file) and prompts (a list)")
+        if prompts is not None and not prompts:
+            raise ValueError("prompts is empty")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if num_images_per_prompt < 1:
@@ -160,14 +167,28 @@ class PromptDataModule(pl.LightningDataModule):
         self.num_images_per_prompt = num_images_per_prompt
         self.seed = seed
         self.num_workers = num_workers
-        self.prompts: list[str] | None = None
+        self.prompts: list[str] | None = list(prompts) if prompts is not None else None
         self.dataset: PromptDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Reads and validates the prompt file."""
         if self.dataset is None:
-            self.prompts = read_prompts(self.path, self.column)
+            if self.prompts is None:
+                self.prompts = read_prompts(self.path, self.column)
             self.dataset = PromptDataset(self.prompts, self.num_images_per_prompt, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled prompt batches (a generator seeded by ``seed``), the last short batch kept."""
+        if self.dataset is None:
+            self.setup("fit")
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed),
+            num_workers=self.num_workers,
+            collate_fn=collate_prompts,
+        )
 
     def predict_dataloader(self) -> DataLoader:
         if self.dataset is None:

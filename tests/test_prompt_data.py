@@ -113,3 +113,16 @@ def test_arguments_are_typed_and_documented():
     for name, param in inspect.signature(PromptDataModule.__init__).parameters.items():
         if name != "self":
             assert f"    {name}:" in doc and param.annotation is not inspect.Parameter.empty
+
+
+def test_inline_prompts_and_shuffled_training_batches():
+    prompts = [f"p{i}" for i in range(10)]
+    dm = PromptDataModule(prompts=prompts, batch_size=4, seed=3)
+    first = [p for batch in dm.train_dataloader() for p in batch["prompts"]]
+    again = [p for batch in PromptDataModule(prompts=prompts, batch_size=4, seed=3).train_dataloader()
+             for p in batch["prompts"]]
+    assert sorted(first) == prompts and first != prompts and first == again  # a seeded permutation
+    with pytest.raises(ValueError, match="exactly one"):
+        PromptDataModule()
+    with pytest.raises(ValueError, match="exactly one"):
+        PromptDataModule(path="x.txt", prompts=["a"])

@@ -2,18 +2,51 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from diffusers import DDIMScheduler
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lit_pref.backbone import DiffusionBackbone, repeat_conditioning
-from lit_pref.losses import DiffusionDPOLoss, PairLoss
+from lit_pref.losses import DiffusionDPOLoss, PairLoss, dense_dpo_loss, sample_step_indices, trajectory_scores
 from lit_pref.modules.base import LoRAModule
+from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup, spread_ranks
+from lit_pref.rewards import Scorer
 
 TiesPolicy = Literal["drop", "keep_first", "raise"]
+
+
+@dataclass
+class TrajectorySettings:
+    """Trajectory mode: off-policy DPO on reverse chains sampled from the policy (Yang, Chen & Zhou 2024).
+
+    Args:
+        collect_every: Re-collect trajectories every this many optimizer updates (paper: 2500 single prompt,
+            4000 multi prompt), and at the first update.
+        rollouts_per_prompt: Chains sampled per prompt at each collection (paper: 5 / 12).
+        kept_per_prompt: Chains kept per prompt, spread over the reward ranks (paper: 5).
+        buffer_capacity: Prompt groups the FIFO replay buffer holds.
+        pairs_per_step: Preference pairs (winner, loser: the scorer's higher and lower reward) per update.
+        num_sampled_steps: K, the chain steps drawn per update from Categorical(step weights), shared by the
+            two trajectories of every pair (paper: 3 single prompt, 1 multi prompt).
+        beta: Scale of the trajectory score (paper: 10 single prompt, 12.5 multi prompt).
+        clip: Per-step log-ratio clip (paper: 1e-4 single prompt, 5e-4 multi prompt).
+        eta: DDIM eta of the sampled chains (> 0; paper: 1).
+    """
+
+    collect_every: int = 2500
+    rollouts_per_prompt: int = 5
+    kept_per_prompt: int = 5
+    buffer_capacity: int = 1000
+    pairs_per_step: int = 4
+    num_sampled_steps: int = 3
+    beta: float = 10.0
+    clip: float = 1e-4
+    eta: float = 1.0
 
 
 class TrajectoryDPO(LoRAModule):
@@ -23,9 +56,19 @@ class TrajectoryDPO(LoRAModule):
     policy in one forward, and through the reference (adapters disabled, no grad) in another; the per-sample
     denoising errors go to the injected ``loss`` (Diffusion-DPO by default).
 
-    Batches are those of ``datamodules.PreferencePairDataModule``: ``images_0``, ``images_1`` in [-1, 1],
-    ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie), ``captions``, and for SDXL
-    ``original_sizes`` and ``crop_top_left``.
+    Offline mode (``mode="offline"``): batches are those of ``datamodules.PreferencePairDataModule``:
+    ``images_0``, ``images_1`` in [-1, 1], ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie),
+    ``captions``, and for SDXL ``original_sizes`` and ``crop_top_left``. The timestep is uniform over the
+    training timesteps (``timestep_grid="train"``) or drawn with :meth:`step_weights` over the
+    ``num_inference_steps`` timesteps of the DDIM schedule (``"inference"``).
+
+    Trajectory mode (``mode="trajectory"``): batches are prompt batches of ``datamodules.PromptDataModule``.
+    Every ``trajectory.collect_every`` updates the batch's prompts are sampled from the current policy
+    (DDIM, eta > 0, guidance) with per-step log-probs, scored by ``scorer``, and the kept chains go to a FIFO
+    replay buffer; every update draws pairs from the buffer and K step indices from :meth:`step_weights`
+    (uniform here: the whole chain counts alike), and minimises
+    ``-logsigmoid(s(tau_w) - s(tau_l))`` with ``s = beta * mean_k clamp(logp_theta - logp_init, -clip, clip)``.
+    The replay buffer is not checkpointed: a resumed run collects again.
     """
 
     def __init__(
@@ -39,6 +82,10 @@ class TrajectoryDPO(LoRAModule):
         val_seed: int = 0,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
+        mode: Literal["offline", "trajectory"] = "offline",
+        timestep_grid: Literal["train", "inference"] = "train",
+        scorer: Scorer | None = None,
+        trajectory: TrajectorySettings = TrajectorySettings(),
     ) -> None:
         """
         Args:
@@ -52,22 +99,56 @@ class TrajectoryDPO(LoRAModule):
                 (the paper's runs used 0.2), which keeps classifier-free guidance working.
             val_seed: Seed of the timesteps and noise of validation batches, fixed so that validation
                 losses are comparable across epochs.
-            num_inference_steps: DDIM steps when the module generates images (``predict``).
+            num_inference_steps: DDIM steps when the module generates images (``predict``, trajectory
+                collection) and the size of the ``"inference"`` timestep grid.
             guidance_scale: Classifier-free guidance scale when the module generates images.
+            mode: ``"offline"`` (preference pairs of images) or ``"trajectory"`` (sampled chains, see above).
+            timestep_grid: Offline mode: ``"train"`` draws t uniformly from 0 .. T_train - 1 (the paper);
+                ``"inference"`` draws step k of the N-step DDIM schedule with :meth:`step_weights`.
+            scorer: Trajectory mode: the preference source, any ``lit_pref.rewards.Scorer`` (a reward model,
+                or the toy world's hidden reward). Held as a plain attribute, never a registered submodule.
+            trajectory: Trajectory-mode settings.
         """
         super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale)
         if not 0.0 <= proportion_empty_prompts <= 1.0:
             raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {proportion_empty_prompts}")
+        if mode == "trajectory":
+            if scorer is None:
+                raise ValueError("mode='trajectory' needs a scorer (the source of the preferences)")
+            if trajectory.eta <= 0:
+                raise ValueError(f"trajectory.eta must be > 0 (the chains need log-probs), got {trajectory.eta}")
+            spread_ranks(trajectory.rollouts_per_prompt, trajectory.kept_per_prompt)  # validates the counts
         self.loss = loss
         self.ties = ties
         self.proportion_empty_prompts = proportion_empty_prompts
         self.val_seed = val_seed
+        self.mode = mode
+        self.timestep_grid = timestep_grid
+        self.scorer = scorer
+        self.trajectory = trajectory
+        self.buffer = ReplayBuffer(trajectory.buffer_capacity)
+        self._collected_at: int | None = None
 
     # ------------------------------------------------------------------ pieces subclasses override
+    def step_weights(self, num_steps: int) -> Tensor:
+        """Probability of each step k of an N-step chain (k = 0 the noisiest): uniform, one reward for the
+        whole chain. DenseDiscountedDPO discounts it."""
+        return torch.full((num_steps,), 1.0 / num_steps)
+
+    def inference_timesteps(self) -> Tensor:
+        """The timesteps of the ``num_inference_steps``-step DDIM schedule, k = 0 the noisiest."""
+        scheduler = DDIMScheduler.from_config(self.backbone.scheduler_config)
+        scheduler.set_timesteps(self.num_inference_steps)
+        return scheduler.timesteps
+
     def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        """Training timesteps, one per pair: uniform over ``0 .. T_train - 1``."""
-        num_train = self.backbone.noise_scheduler.config.num_train_timesteps
-        return torch.randint(0, num_train, (batch_size,), device=self.device, generator=generator)
+        """Offline-mode timesteps, one per pair, on the ``timestep_grid``."""
+        if self.timestep_grid == "train":
+            num_train = self.backbone.noise_scheduler.config.num_train_timesteps
+            return torch.randint(0, num_train, (batch_size,), device=self.device, generator=generator)
+        weights = self.step_weights(self.num_inference_steps).to(self.device)
+        steps = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+        return self.inference_timesteps().to(self.device)[steps]
 
     # ------------------------------------------------------------------ batch handling
     def winners_and_losers(self, batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -124,8 +205,85 @@ class TrajectoryDPO(LoRAModule):
         drop = torch.rand(len(captions)) < self.proportion_empty_prompts
         return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
+    # ------------------------------------------------------------------ trajectory mode
+    @torch.no_grad()
+    def collect(self, prompts: list[str]) -> dict[str, float]:
+        """Sample ``rollouts_per_prompt`` chains per prompt from the current policy, score them, and add the
+        kept ones (spread over the reward ranks) to the replay buffer; returns reward statistics."""
+        settings = self.trajectory
+        texts = [p for p in prompts for _ in range(settings.rollouts_per_prompt)]
+        traj = self.backbone.sample(texts, num_inference_steps=self.num_inference_steps,
+                                    guidance_scale=self.guidance_scale, eta=settings.eta, return_trajectory=True)
+        rewards = self.scorer.score(traj.images, texts).float().cpu()
+        keep = spread_ranks(settings.rollouts_per_prompt, settings.kept_per_prompt)
+        for i, prompt in enumerate(prompts):
+            rows = slice(i * settings.rollouts_per_prompt, (i + 1) * settings.rollouts_per_prompt)
+            order = rewards[rows].argsort(descending=True)[keep]
+            self.buffer.add(TrajectoryGroup(
+                prompt=prompt,
+                latents=traj.latents[rows][order].cpu(),
+                log_probs=traj.log_probs[rows][order].cpu(),
+                rewards=rewards[rows][order],
+                timesteps=traj.timesteps.cpu(),
+                step=self.global_step,
+            ))
+        return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0}
+
+    def pair_log_probs(self, latents: Tensor, prompts: list[str], timesteps: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-probs of the drawn steps of stored chains under the policy (with grad) and the reference.
+
+        Args:
+            latents: (R, K + 1, C, h, w) stored chains.
+            prompts: R prompts.
+            timesteps: (K,) the chains' DDIM timesteps.
+            steps: The drawn step indices (shared by all rows).
+
+        Returns:
+            ``(logp_theta, logp_init)``, each (R, K), filled at the drawn steps' columns (zeros elsewhere).
+        """
+        backbone = self.backbone
+        latents = latents.to(self.device)
+        size = (latents.shape[-2] * backbone.vae_scale_factor, latents.shape[-1] * backbone.vae_scale_factor)
+        cond = backbone.encode_prompts(prompts, target_size=size)
+        negative = backbone.encode_prompts([""] * len(prompts), target_size=size)
+        logp_theta = torch.zeros(latents.shape[0], latents.shape[1] - 1, device=self.device)
+        logp_init = torch.zeros_like(logp_theta)
+        args = dict(cond=cond, guidance_scale=self.guidance_scale, eta=self.trajectory.eta,
+                    num_inference_steps=timesteps.numel(), negative_cond=negative)
+        for k in steps.unique().tolist():
+            step = (latents[:, k], timesteps[k].to(self.device), latents[:, k + 1])
+            logp_theta[:, k] = backbone.step_log_prob(*step, **args)
+            with torch.no_grad(), backbone.reference():
+                logp_init[:, k] = backbone.step_log_prob(*step, **args)
+        return logp_theta, logp_init
+
+    def trajectory_step(self, batch: dict[str, Any]) -> Tensor:
+        settings = self.trajectory
+        if self.global_step % settings.collect_every == 0 and self._collected_at != self.global_step:
+            stats = self.collect(list(batch["prompts"]))
+            self._collected_at = self.global_step
+            self.log_dict({"collect/reward_mean": stats["reward_mean"], "collect/reward_std": stats["reward_std"]})
+        self.log("train/buffer_size", float(len(self.buffer)))
+        pairs = self.buffer.sample_pairs(settings.pairs_per_step)
+        if not pairs:  # every collected group had equal rewards: nothing to prefer
+            return sum(p.sum() for p in self.trainable_parameters()) * 0.0
+        latents = torch.stack([g.latents[w] for g, w, _ in pairs] + [g.latents[l] for g, _, l in pairs])
+        prompts = [g.prompt for g, _, _ in pairs] * 2
+        timesteps = pairs[0][0].timesteps
+        steps = sample_step_indices(self.step_weights(timesteps.numel()), settings.num_sampled_steps)
+        logp_theta, logp_init = self.pair_log_probs(latents, prompts, timesteps, steps)
+        scores = trajectory_scores(logp_theta, logp_init, steps.to(self.device), settings.beta, settings.clip)
+        n = len(pairs)
+        loss, stats = dense_dpo_loss(scores[:n], scores[n:])
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=n)
+        return loss
+
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.mode == "trajectory":
+            self.log_lr()
+            return self.trajectory_step(batch)
         pairs, dropped = self.winners_and_losers(batch)
         self.log("train/ties_dropped", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum")
         self.log("data/skipped_rows", float(batch.get("num_skipped", 0)), on_step=False, on_epoch=True, reduce_fx="sum")
@@ -141,6 +299,8 @@ class TrajectoryDPO(LoRAModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.mode == "trajectory":
+            return  # judged by the reward callbacks on sampled images
         pairs, _ = self.winners_and_losers(batch)
         n = len(pairs["captions"])
         if n == 0:

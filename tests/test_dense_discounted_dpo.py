@@ -1,0 +1,123 @@
+"""DenseDiscountedDPO and TrajectoryDPO's trajectory mode (METHODS.md §2) on tiny and toy models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from datamodules import PromptDataModule
+from lit_pref.backbone import DiffusionBackbone
+from lit_pref.losses import DiffusionDPOLoss, discount_weights
+from lit_pref.modules import DenseDiscountedDPO, TrajectoryDPO, TrajectorySettings
+from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup, spread_ranks
+from lit_pref.rewards import ToyGroundTruthReward
+
+PROMPTS = ["a small red circle on a white background", "a large blue square on a black background"]
+SETTINGS = TrajectorySettings(collect_every=3, rollouts_per_prompt=4, kept_per_prompt=3, buffer_capacity=8,
+                              pairs_per_step=3, num_sampled_steps=2, beta=10.0, clip=1e-2)
+
+
+def pair_batch(n: int = 3):
+    return {"images_0": torch.rand(n, 3, 32, 32) * 2 - 1, "images_1": torch.rand(n, 3, 32, 32) * 2 - 1,
+            "label_0": torch.tensor([1.0, 0.0, 1.0][:n]), "captions": [f"c{i}" for i in range(n)]}
+
+
+def perturbed(backbone: DiffusionBackbone) -> DiffusionBackbone:
+    with torch.no_grad():
+        for name, p in backbone.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(hash(name) % 2**31))
+    return backbone
+
+
+def loss_and_grads(model, batch):
+    torch.manual_seed(123)
+    loss = model.training_step(batch, 0)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.trainable_parameters()]
+
+
+def test_offline_gamma_one_reproduces_trajectory_dpo_on_the_inference_grid():
+    batch = pair_batch()
+    dense = DenseDiscountedDPO(perturbed(DiffusionBackbone.tiny()), gamma=1.0, num_inference_steps=10,
+                               loss=DiffusionDPOLoss())
+    plain = TrajectoryDPO(perturbed(DiffusionBackbone.tiny()), timestep_grid="inference", num_inference_steps=10,
+                          loss=DiffusionDPOLoss())
+    (l1, g1), (l2, g2) = loss_and_grads(dense, batch), loss_and_grads(plain, batch)
+    assert l1.item() != pytest.approx(0.6931, abs=1e-4)  # perturbed LoRA: a non-trivial loss
+    assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+def test_offline_timesteps_follow_the_discounted_distribution():
+    model = DenseDiscountedDPO(DiffusionBackbone.tiny(), gamma=0.0, num_inference_steps=10)
+    grid = model.inference_timesteps()
+    assert grid[0] == grid.max()  # k = 0 is the noisiest step
+    assert (model.sample_timesteps(50) == grid[0]).all()  # gamma -> 0: all mass on the first step
+    model = DenseDiscountedDPO(DiffusionBackbone.tiny(), gamma=0.8, num_inference_steps=5)
+    draws = model.sample_timesteps(20000, torch.Generator().manual_seed(0))
+    freq = torch.stack([(draws == t).float().mean() for t in model.inference_timesteps()])
+    torch.testing.assert_close(freq, discount_weights(5, 0.8), atol=0.012, rtol=0)  # 4 sd of 20000 draws
+
+
+def trajectory_model(cls, **kwargs):
+    torch.manual_seed(0)
+    return cls(perturbed(DiffusionBackbone(model="toy")), mode="trajectory", scorer=ToyGroundTruthReward(),
+               num_inference_steps=6, guidance_scale=4.0, trajectory=SETTINGS, **kwargs)
+
+
+def test_trajectory_gamma_one_reproduces_trajectory_dpo():
+    batch = {"prompts": PROMPTS}
+    (l1, g1) = loss_and_grads(trajectory_model(DenseDiscountedDPO, gamma=1.0), batch)
+    (l2, g2) = loss_and_grads(trajectory_model(TrajectoryDPO), batch)
+    assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    assert any(g.abs().sum() > 0 for g in g1)
+
+
+def test_collected_log_probs_equal_recomputed_ones_before_any_update():
+    model = trajectory_model(DenseDiscountedDPO)
+    model.collect(PROMPTS)
+    assert len(model.buffer) == 2
+    group = model.buffer.groups[0]
+    assert group.latents.shape[:2] == (3, 7) and (group.rewards[:-1] >= group.rewards[1:]).all()  # ranked
+    steps = torch.arange(6)
+    with torch.no_grad():
+        logp_theta, logp_init = model.pair_log_probs(group.latents, [group.prompt] * 3, group.timesteps, steps)
+    torch.testing.assert_close(logp_theta, group.log_probs, atol=1e-5, rtol=0)  # ratio exactly 1
+    assert not torch.allclose(logp_init, group.log_probs, atol=1e-4)  # the perturbed policy is not the reference
+
+
+def test_replay_buffer_is_fifo_and_pairs_prefer_the_higher_reward():
+    buffer = ReplayBuffer(capacity=2)
+    for i, rewards in enumerate([[1.0, 0.0], [2.0, 2.0], [0.5, 3.0, 1.0]]):
+        buffer.add(TrajectoryGroup(f"p{i}", torch.zeros(len(rewards), 2, 1), torch.zeros(len(rewards), 1),
+                                   torch.tensor(rewards), torch.tensor([1]), i))
+    assert [g.prompt for g in buffer.groups] == ["p1", "p2"]  # p0, the oldest, was dropped
+    pairs = buffer.sample_pairs(20, torch.Generator().manual_seed(0))
+    assert len(pairs) == 20 and all(g.prompt == "p2" for g, _, _ in pairs)  # p1's equal rewards give no pair
+    assert all(g.rewards[w] > g.rewards[l] for g, w, l in pairs)
+    assert spread_ranks(5, 5) == [0, 1, 2, 3, 4] and spread_ranks(12, 5) == [0, 3, 6, 8, 11]
+    with pytest.raises(ValueError):
+        ReplayBuffer(0)
+
+
+def test_collection_schedule_in_a_trainer_run():
+    model = trajectory_model(DenseDiscountedDPO)
+    calls = []
+    collect = model.collect
+    model.collect = lambda prompts: calls.append(model.global_step) or collect(prompts)
+    data = PromptDataModule(prompts=PROMPTS * 2, batch_size=2)
+    Trainer(max_steps=7, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False).fit(model, data)
+    assert calls == [0, 3, 6]  # every collect_every = 3 updates, starting with the first
+    assert len(model.buffer) == 6
+
+
+def test_trajectory_mode_needs_a_scorer_and_positive_eta():
+    with pytest.raises(ValueError, match="scorer"):
+        DenseDiscountedDPO(DiffusionBackbone.tiny(), mode="trajectory")
+    with pytest.raises(ValueError, match="eta"):
+        DenseDiscountedDPO(DiffusionBackbone.tiny(), mode="trajectory", scorer=ToyGroundTruthReward(),
+                           trajectory=TrajectorySettings(eta=0.0))
+    with pytest.raises(ValueError, match="gamma"):
+        DenseDiscountedDPO(DiffusionBackbone.tiny(), gamma=1.5)
