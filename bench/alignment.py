@@ -17,7 +17,7 @@ import time
 import torch
 
 from datamodules.toy import prompts
-from lit_pref.backbone import DiffusionBackbone
+from lit_pref.backbone import DiffusionBackbone, lora_config
 from lit_pref.rewards import ToyGroundTruthReward, win_rate
 
 
@@ -67,7 +67,7 @@ def main() -> None:
     args.cli_args += unknown
 
     if args.lora:
-        backbone = DiffusionBackbone(model="toy")
+        backbone = DiffusionBackbone(model="toy", **lora_config(args.lora))
         backbone.load_lora(args.lora)
         title = f"LoRA {args.lora}"
     else:

@@ -140,3 +140,20 @@ def test_save_lora_is_atomic(tmp_path, monkeypatch):
         backbone.save_lora(tmp_path / "lora")
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lora"]
+
+
+def test_load_lora_round_trips_and_names_a_rank_mismatch(tmp_path):
+    from lit_pref.backbone import lora_config
+
+    trained = DiffusionBackbone.tiny(lora_rank=4, lora_alpha=8)
+    perturb_lora(trained)
+    trained.save_lora(tmp_path / "lora")
+    assert lora_config(tmp_path / "lora") == {"lora_rank": 4, "lora_alpha": 8,
+                                              "lora_target_modules": lora_config(tmp_path / "lora")["lora_target_modules"]}
+    assert sorted(lora_config(tmp_path / "lora")["lora_target_modules"]) == ["to_k", "to_out.0", "to_q", "to_v"]
+    fresh = DiffusionBackbone.tiny(**lora_config(tmp_path / "lora"))
+    fresh.load_lora(tmp_path / "lora")
+    ours, theirs = dict(trained.unet.named_parameters()), dict(fresh.unet.named_parameters())
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    with pytest.raises(ValueError, match="lora_rank"):
+        DiffusionBackbone.tiny(lora_rank=8).load_lora(tmp_path / "lora")

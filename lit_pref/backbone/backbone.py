@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -460,7 +461,13 @@ class DiffusionBackbone(nn.Module):
 
     def load_lora(self, directory: str | Path) -> None:
         """Load LoRA weights written by :meth:`save_lora` (or any diffusers-format UNet LoRA of the same rank and
-        target modules) into the adapters."""
+        target modules) into the adapters. Build the backbone with ``**lora_config(directory)`` to match them."""
+        saved = lora_config(directory)
+        mine = {"lora_rank": self.lora_config.r, "lora_alpha": self.lora_config.lora_alpha,
+                "lora_target_modules": sorted(self.lora_config.target_modules)}
+        if saved and {k: sorted(v) if isinstance(v, list) else v for k, v in saved.items()} != mine:
+            raise ValueError(f"{directory} holds a LoRA with {saved}, this backbone's adapters have {mine}; "
+                             f"build it with DiffusionBackbone(model=..., **lora_config({str(directory)!r}))")
         state = load_file(Path(directory) / "pytorch_lora_weights.safetensors")
         state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()})
         result = set_peft_model_state_dict(self.unet, state, adapter_name="default")
@@ -506,6 +513,20 @@ class DiffusionBackbone(nn.Module):
                 if (tmp / name).is_dir():
                     write_bpe_files(tmp / name)
         return Path(directory)
+
+
+def lora_config(directory: str | Path) -> dict:
+    """The adapter settings (``lora_rank``, ``lora_alpha``, ``lora_target_modules``) stored in the metadata of a
+    LoRA written by :meth:`DiffusionBackbone.save_lora`; empty for a file without them."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(directory) / "pytorch_lora_weights.safetensors"), "pt") as handle:
+        metadata = handle.metadata() or {}
+    if "lora_adapter_metadata" not in metadata:
+        return {}
+    config = json.loads(metadata["lora_adapter_metadata"])
+    return {"lora_rank": config["unet.r"], "lora_alpha": config["unet.lora_alpha"],
+            "lora_target_modules": list(config["unet.target_modules"])}
 
 
 def _load_components(model: str, revision: str | None, variant: str | None) -> dict:
