@@ -74,7 +74,8 @@ def main() -> None:
         from lit_pref.cli import LitPrefCLI
 
         start = time.perf_counter()
-        cli = LitPrefCLI(args=["fit", "--config", args.config, "--trainer.enable_progress_bar=false", *args.cli_args])
+        cli = LitPrefCLI(args=["fit", "--config", args.config, "--trainer.enable_progress_bar=false",
+                               "--trainer.default_root_dir=runs/bench_alignment", *args.cli_args])
         backbone = cli.model.backbone
         title = f"{args.config} ({cli.trainer.global_step} steps, {time.perf_counter() - start:.0f} s incl. data)"
     device = "cuda" if torch.cuda.is_available() else "cpu"
