@@ -584,6 +584,8 @@ class PreferencePairDataModule(pl.LightningDataModule):
             JSONL file.
         val_path: Validation data in the same formats; None for no separate
             validation file.
+        test_path: Test data in the same formats (``python -m lit_pref test``);
+            None for none. Centre-cropped and never flipped, like validation.
         val_fraction: Fraction of the training rows held out for validation
             (a deterministic split by ``seed``) when ``val_path`` is None; 0
             for no validation set. Must be 0 when ``val_path`` is given.
@@ -608,6 +610,7 @@ class PreferencePairDataModule(pl.LightningDataModule):
         self,
         train_path: str,
         val_path: str | None = None,
+        test_path: str | None = None,
         val_fraction: float = 0.0,
         resolution: int = 512,
         center_crop: bool = True,
@@ -629,6 +632,7 @@ class PreferencePairDataModule(pl.LightningDataModule):
             raise ValueError("batch sizes must be at least 1")
         self.train_path = train_path
         self.val_path = val_path
+        self.test_path = test_path
         self.val_fraction = val_fraction
         self.resolution = resolution
         self.center_crop = center_crop
@@ -640,6 +644,7 @@ class PreferencePairDataModule(pl.LightningDataModule):
         self.seed = seed
         self.train_dataset: PreferencePairDataset | None = None
         self.val_dataset: PreferencePairDataset | None = None
+        self.test_dataset: PreferencePairDataset | None = None
 
     def _dataset(self, path: str) -> PreferencePairDataset:
         return PreferencePairDataset(
@@ -665,6 +670,8 @@ class PreferencePairDataModule(pl.LightningDataModule):
             self.val_dataset = full.view(val_idx, center_crop=True, random_flip=False)
         else:
             self.train_dataset = full
+        if self.test_path is not None:
+            self.test_dataset = self._dataset(self.test_path).view(center_crop=True, random_flip=False)
 
     def _loader(self, dataset: PreferencePairDataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -688,3 +695,10 @@ class PreferencePairDataModule(pl.LightningDataModule):
         if self.val_dataset is None:
             return []
         return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("test")
+        if self.test_dataset is None:
+            raise ValueError("no test data: set test_path (data.init_args.test_path) to run `lit_pref test`")
+        return self._loader(self.test_dataset, self.val_batch_size, shuffle=False)

@@ -90,6 +90,23 @@ def test_predict_writes_images_for_a_prompt_file(demo_run, run_cli):
     assert all(Image.open(out / m["file"]).size == (32, 32) for m in manifest)
 
 
+def test_test_subcommand_scores_held_out_pairs_with_the_checkpoint_lora(demo_run, tmp_path):
+    """``lit_pref test`` on a pair file: with the trained checkpoint the DPO loss moves off ln 2; without it
+    (LoRA B = 0, policy == reference) it is exactly ln 2, so the checkpoint's LoRA really was loaded."""
+    from lit_pref.cli import LitPrefCLI
+
+    tmp, run = demo_run
+    pairs = str(tmp / "data" / "val.parquet")
+    args = ["test", "--config", "configs/demo.yaml", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+            "--trainer.default_root_dir", str(tmp_path), "--data", "datamodules.PreferencePairDataModule",
+            "--data.train_path", pairs, "--data.test_path", pairs, "--data.resolution", "32"]
+    trained = LitPrefCLI(args=[*args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]).trainer.callback_metrics
+    fresh = LitPrefCLI(args=args).trainer.callback_metrics
+    assert fresh["test/loss"].item() == pytest.approx(math.log(2), abs=1e-6)
+    assert trained["test/loss"].item() != pytest.approx(math.log(2), abs=1e-4)
+    assert 0.0 <= trained["test/implicit_acc"].item() <= 1.0
+
+
 def test_user_loss_from_own_module_trains_the_lora(tmp_path, run_cli):
     """``--model.loss my_module.MyLoss`` with the loss in a user's file (this test file) on PYTHONPATH."""
     run_cli("fit", *demo_args(tmp_path, 3), "--model.loss", "test_cli.GapLoss", "--model.loss.scale", "2.0",

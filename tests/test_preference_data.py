@@ -702,3 +702,14 @@ def test_parquet_rows_across_small_row_groups_with_bounded_cache(tmp_path):
         assert round(float((item["image_0"][0, 0, 0] + 1) * 127.5)) == 20 * i
         assert round(float((item["image_1"][0, 0, 0] + 1) * 127.5)) == 255 - 20 * i
     assert len(ds._tables) == CACHED_ROW_GROUPS
+
+
+def test_test_split_is_centre_cropped_and_required_for_test(tmp_path):
+    path = make_synthetic_pairs(tmp_path / "pairs.parquet", num_pairs=6, resolution=16, seed=0)
+    dm = PreferencePairDataModule(train_path=str(path), test_path=str(path), resolution=16, random_flip=True,
+                                  center_crop=False, batch_size=6)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["images_0"].shape[0] == 6
+    assert dm.test_dataset.center_crop and not dm.test_dataset.random_flip
+    with pytest.raises(ValueError, match="test_path"):
+        PreferencePairDataModule(train_path=str(path), resolution=16).test_dataloader()

@@ -301,11 +301,18 @@ class TrajectoryDPO(LoRAModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.mode == "trajectory":
             return  # judged by the reward callbacks on sampled images
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def _evaluate(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
+        """The training loss on held-out pairs with fixed timesteps and noise, logged as ``<stage>/*``."""
         pairs, _ = self.winners_and_losers(batch)
         n = len(pairs["captions"])
         if n == 0:
             return
         generator = torch.Generator(self.device).manual_seed(self.val_seed + batch_idx)
         loss, stats = self.loss(*self.denoising_errors(pairs, generator))
-        self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
-        self.log_dict({f"val/{k}": v for k, v in stats.items()}, batch_size=n, sync_dist=True)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log_dict({f"{stage}/{k}": v for k, v in stats.items()}, batch_size=n, sync_dist=True)
