@@ -1,7 +1,12 @@
 """Rewards: the scorer interface, the toy world's judge, hidden-human reward and labeller, and win rates."""
 
+from lit_pref.rewards.aesthetic import AestheticMLP, AestheticScorer
 from lit_pref.rewards.base import Scorer
+from lit_pref.rewards.clip_score import CLIPScore
 from lit_pref.rewards.toy import BradleyTerryLabeller, Reading, ToyGroundTruthReward, ToyJudge
 from lit_pref.rewards.win_rate import WinRate, win_rate
 
-__all__ = ["BradleyTerryLabeller", "Reading", "Scorer", "ToyGroundTruthReward", "ToyJudge", "WinRate", "win_rate"]
+__all__ = [
+    "AestheticMLP", "AestheticScorer", "BradleyTerryLabeller", "CLIPScore", "Reading", "Scorer",
+    "ToyGroundTruthReward", "ToyJudge", "WinRate", "win_rate",
+]
