@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_pref.rewards.base import Scorer
-from lit_pref.rewards.clip_score import clip_preprocess, load_open_clip
+from lit_pref.rewards.clip_score import embed_images, load_open_clip
 
 __all__ = ["AestheticMLP", "AestheticScorer"]
 
@@ -102,11 +102,7 @@ class AestheticScorer(Scorer):
         Args:
             images: ``[B, 3, H, W]`` float in ``[0, 1]``.
         """
-        out = []
-        for chunk in images.split(self.batch_size):
-            x = clip_preprocess(chunk.to(self.device), self.preprocess_cfg)
-            out.append(self.clip.encode_image(x, normalize=True).float())
-        return torch.cat(out)
+        return embed_images(self.clip, self.preprocess_cfg, images, self.device, self.batch_size)
 
     @torch.no_grad()
     def score(self, images: Tensor, prompts: Sequence[str] | None = None) -> Tensor:

@@ -82,6 +82,18 @@ def clip_preprocess(images: Tensor, cfg: dict[str, Any]) -> Tensor:
     return (x - mean) / std
 
 
+@torch.no_grad()
+def embed_images(model: torch.nn.Module, preprocess_cfg: dict, images: Tensor, device: torch.device | str,
+                 batch_size: int) -> Tensor:
+    """L2-normalised open_clip image embeddings ``[B, D]`` (float32, on ``device``) of images in ``[0, 1]``,
+    preprocessed with :func:`clip_preprocess` in chunks of ``batch_size``."""
+    out = []
+    for chunk in images.split(batch_size):
+        x = clip_preprocess(chunk.to(device), preprocess_cfg)
+        out.append(model.encode_image(x, normalize=True).float())
+    return torch.cat(out)
+
+
 class CLIPScore(Scorer):
     """CLIP score (Hessel et al. 2021) with an open_clip model: ``100 * max(cos(E_image, E_text), 0)`` per sample.
 
@@ -113,11 +125,7 @@ class CLIPScore(Scorer):
         Args:
             images: ``[B, 3, H, W]`` float in ``[0, 1]``.
         """
-        out = []
-        for chunk in images.split(self.batch_size):
-            x = clip_preprocess(chunk.to(self.device), self.preprocess_cfg)
-            out.append(self.model.encode_image(x, normalize=True).float())
-        return torch.cat(out)
+        return embed_images(self.model, self.preprocess_cfg, images, self.device, self.batch_size)
 
     @torch.no_grad()
     def embed_texts(self, prompts: Sequence[str]) -> Tensor:
