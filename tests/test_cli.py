@@ -60,7 +60,7 @@ def test_demo_fit_writes_events_config_checkpoints_and_lora(demo_run):
     events = read_events(run)
     scalars = set(events.Tags()["scalars"])
     for name in ("train/loss", "train/implicit_acc", "train/model_mse", "train/ref_mse", "train/margin",
-                 "train/lr", "val/loss", "val/implicit_acc"):
+                 "train/lr", "val/loss", "val/implicit_acc", "eval/win_rate_vs_base/hidden"):
         assert name in scalars, name
     first = events.Scalars("train/loss")[0]
     assert first.step == 0 and first.value == pytest.approx(math.log(2), abs=1e-5)  # LoRA B = 0 at step 0
