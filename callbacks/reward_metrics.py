@@ -17,12 +17,22 @@ class _Evaluation(Callback):
         self,
         scorers: dict[str, Scorer],
         prompts: list[str],
-        num_images_per_prompt: int,
-        num_inference_steps: int,
-        guidance_scale: float,
-        seed: int,
-        every_n_steps: int | None,
+        num_images_per_prompt: int = 4,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 5.0,
+        seed: int = 0,
+        every_n_steps: int | None = None,
     ) -> None:
+        """
+        Args:
+            scorers: Name -> scorer (any ``lit_pref.rewards.Scorer``); the name goes into the metric name.
+            prompts: Evaluation prompts (held-out ones, ideally); win-rate intervals resample them.
+            num_images_per_prompt: Samples per prompt, each with its own fixed seed (shared by policy and base).
+            num_inference_steps: DDIM steps.
+            guidance_scale: Classifier-free guidance scale.
+            seed: Seed of the first sample's noise; the others follow.
+            every_n_steps: Also evaluate every this many optimizer steps (``None``: only after validation).
+        """
         if not scorers or not prompts:
             raise ValueError("need at least one scorer and one prompt")
         self.scorers = scorers  # held here, never registered on the LightningModule
@@ -61,29 +71,6 @@ class RewardMetrics(_Evaluation):
     The same names for every method, so runs overlay in TensorBoard.
     """
 
-    def __init__(
-        self,
-        scorers: dict[str, Scorer],
-        prompts: list[str],
-        num_images_per_prompt: int = 4,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 5.0,
-        seed: int = 0,
-        every_n_steps: int | None = None,
-    ) -> None:
-        """
-        Args:
-            scorers: Name -> scorer (any ``lit_pref.rewards.Scorer``); the name goes into the metric name.
-            prompts: Evaluation prompts (held-out ones, ideally).
-            num_images_per_prompt: Samples per prompt, each with its own fixed seed.
-            num_inference_steps: DDIM steps.
-            guidance_scale: Classifier-free guidance scale.
-            seed: Seed of the first sample's noise; the others follow.
-            every_n_steps: Also evaluate every this many optimizer steps (``None``: only after validation).
-        """
-        super().__init__(scorers, prompts, num_images_per_prompt, num_inference_steps, guidance_scale, seed,
-                         every_n_steps)
-
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> None:
         images = self.sample(pl_module)
         for name, scorer in self.scorers.items():
@@ -95,29 +82,6 @@ class RewardMetrics(_Evaluation):
 class WinRate(_Evaluation):
     """Log ``eval/win_rate_vs_base/<name>`` and its bootstrap 95% interval (``.../<name>_low``, ``_high``): the policy
     against the reference (adapters off) on the same prompts and initial noise, ties counting 0.5."""
-
-    def __init__(
-        self,
-        scorers: dict[str, Scorer],
-        prompts: list[str],
-        num_images_per_prompt: int = 4,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 5.0,
-        seed: int = 0,
-        every_n_steps: int | None = None,
-    ) -> None:
-        """
-        Args:
-            scorers: Name -> scorer (any ``lit_pref.rewards.Scorer``); the name goes into the metric name.
-            prompts: Evaluation prompts; the interval resamples them.
-            num_images_per_prompt: Samples per prompt, each with its own fixed seed (shared by policy and base).
-            num_inference_steps: DDIM steps.
-            guidance_scale: Classifier-free guidance scale.
-            seed: Seed of the first sample's noise; the others follow.
-            every_n_steps: Also evaluate every this many optimizer steps (``None``: only after validation).
-        """
-        super().__init__(scorers, prompts, num_images_per_prompt, num_inference_steps, guidance_scale, seed,
-                         every_n_steps)
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> None:
         policy = self.sample(pl_module)
