@@ -79,6 +79,7 @@ def test_predict_writes_images_for_a_prompt_file(demo_run, run_cli):
     run_cli("predict", "--config", "configs/demo.yaml", "--data", "datamodules.PromptDataModule",
             "--data.path", str(tmp / "prompts.txt"), "--data.num_images_per_prompt", "2",
             "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp),  # LightningCLI saves config.yaml there, not in the repo
             "--trainer.callbacks+=callbacks.ImageWriter", "--trainer.callbacks.output_dir", str(out),
             "--model.init_args.num_inference_steps", "3")
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
