@@ -1,10 +1,25 @@
-"""``python -m lit_pref <subcommand> --config ...`` (also installed as ``lit-pref``)."""
+"""``python -m lit_pref <subcommand> ...`` (also installed as ``lit-pref``).
+
+``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI; the other subcommands are listed in
+``SUBCOMMANDS``, each the ``main(argv)`` of its own module.
+"""
 
 from __future__ import annotations
 
+import importlib
+import sys
+
+# subcommand -> module whose ``main(argv: list[str]) -> None`` runs it
+SUBCOMMANDS: dict[str, str] = {
+}
+
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``."""
+    """Entry point: an extra subcommand of ``SUBCOMMANDS``, else LightningCLI."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+        return
     from lit_pref.cli import LitPrefCLI
 
     LitPrefCLI(args=argv)
