@@ -16,13 +16,13 @@ SUBCOMMANDS: dict[str, str] = {
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: an extra subcommand of ``SUBCOMMANDS``, else LightningCLI."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words and words[0] in SUBCOMMANDS:
+        importlib.import_module(SUBCOMMANDS[words[0]]).main(words[1:])
         return
     from lit_pref.cli import LitPrefCLI
 
-    LitPrefCLI(args=argv)
+    LitPrefCLI(args=argv)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":
