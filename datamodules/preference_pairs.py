@@ -31,10 +31,18 @@ Batch contract (output of :func:`collate_pairs`)::
     original_sizes  LongTensor[B, 2] (height, width of image 0 before resize/crop)
     crop_top_left   LongTensor[B, 2] (top, left of the crop in resized-image pixels)
     num_skipped     int              (items dropped because an image did not decode)
+
+With an encoding cache attached (``callbacks.EncodingCache``, see ``datamodules/encoding_cache.py``) the
+images are replaced by what the frozen encoders made of them::
+
+    latent_dists_0  Tensor[B, 2C, h, w] VAE posterior (mean, log-variance) of image 0, the VAE's dtype
+    latent_dists_1  Tensor[B, 2C, h, w] the same for image 1
+    text            {"hidden": Tensor[B, 77, D]} (SDXL adds "pooled": Tensor[B, P]), the model's dtype
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -54,6 +62,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from .encoding_cache import EncodingStore
 
 CACHED_ROW_GROUPS = 4  # parquet row groups of images kept in memory per process
 
@@ -351,6 +361,7 @@ class PreferencePairDataset(Dataset):
         self._tables: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
         self._tables_pid = os.getpid()
         self._starts: dict[int, list[int]] = {}
+        self.encodings: EncodingStore | None = None  # set by `use_encodings`
 
     # -- views ------------------------------------------------------------- #
 
@@ -367,6 +378,7 @@ class PreferencePairDataset(Dataset):
         new.__dict__.update(self.__dict__)
         new._tables = OrderedDict()
         new._tables_pid = os.getpid()
+        new.encodings = None  # another view has other items: it needs its own cache entry
         if indices is not None:
             base = np.arange(len(self)) if self._indices is None else self._indices
             new._indices = np.asarray(base)[np.asarray(indices, dtype=np.int64)]
@@ -395,6 +407,51 @@ class PreferencePairDataset(Dataset):
     def labels(self) -> list[float]:
         """``label_0`` of the rows, in dataset order."""
         return [self._rows.labels[self._row(i)] for i in range(len(self))]
+
+    # -- encoding cache (datamodules.encoding_cache, callbacks.EncodingCache) -- #
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Everything this view's items depend on, for the encoding cache's key: the input files (path, size,
+        modification time; for JSONL also every image file), the rows in view order, and the preprocessing.
+
+        The random crop and flip of a row are drawn from ``(seed, row)`` and are the same in every epoch, so a
+        cached item is exactly the augmented pair :meth:`__getitem__` returns; the seed is part of the identity
+        only when it changes the pixels (random crop or flip).
+        """
+        def stat(path: str | Path) -> list:
+            st = os.stat(path)
+            return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+        rows = [self._row(i) for i in range(len(self))]
+        where = np.array([(self._rows.source_idx[r], self._rows.locator[r]) for r in rows], dtype=np.int64)
+        images = hashlib.sha256()
+        for r in rows:
+            for path in self._rows.image_paths[r] or ():
+                images.update(json.dumps(stat(path)).encode())
+        augmented = not self.center_crop or self.random_flip
+        return {
+            "files": [stat(source.path) for source in self.sources],
+            "rows": hashlib.sha256(where.tobytes()).hexdigest(),
+            "image_files": images.hexdigest(),
+            "resolution": self.resolution,
+            "center_crop": self.center_crop,
+            "random_flip": self.random_flip,
+            "seed": self.seed if augmented else None,
+        }
+
+    def uncached(self) -> "PreferencePairDataset":
+        """This view, decoding images (without the attached encodings)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.encodings = None
+        return new
+
+    def use_encodings(self, store: EncodingStore) -> None:
+        """Serve items from an encoding-cache entry built for this view: ``latent_dist_0``, ``latent_dist_1``
+        and ``text`` instead of ``image_0`` and ``image_1``; no image is decoded."""
+        if len(store) != len(self):
+            raise ValueError(f"{store.path} holds {len(store)} items, this data set {len(self)}")
+        self.encodings = store
 
     # -- pickling (DataLoader workers): never ship cached tables ------------ #
 
@@ -472,6 +529,12 @@ class PreferencePairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         row = self._row(index)
+        if self.encodings is not None:
+            item = self.encodings.item(index if index >= 0 else index + len(self))
+            if item is None:  # its images did not decode when the cache was built (on_bad_row="skip")
+                return None
+            return {**item, "label_0": torch.tensor(self._rows.labels[row], dtype=torch.float32),
+                    "caption": self._rows.captions[row]}
         pair = self._decode_pair(row)
         if pair is None:
             return None
@@ -533,9 +596,19 @@ def collate_pairs(items: Sequence[dict[str, Any] | None], resolution: int | None
             "crop_top_left": torch.zeros(0, 2, dtype=torch.long),
             "num_skipped": num_skipped,
         }
+    if "latent_dist_0" in kept[0]:  # from the encoding cache
+        first = {
+            "latent_dists_0": torch.stack([item["latent_dist_0"] for item in kept]),
+            "latent_dists_1": torch.stack([item["latent_dist_1"] for item in kept]),
+            "text": {k: torch.stack([item["text"][k] for item in kept]) for k in kept[0]["text"]},
+        }
+    else:
+        first = {
+            "images_0": torch.stack([item["image_0"] for item in kept]),
+            "images_1": torch.stack([item["image_1"] for item in kept]),
+        }
     return {
-        "images_0": torch.stack([item["image_0"] for item in kept]),
-        "images_1": torch.stack([item["image_1"] for item in kept]),
+        **first,
         "label_0": torch.stack([item["label_0"] for item in kept]).float(),
         "captions": [item["caption"] for item in kept],
         "original_sizes": torch.stack([item["original_size"] for item in kept]).long(),
