@@ -206,8 +206,9 @@ class DiffusionBackbone(nn.Module):
 
     # ------------------------------------------------------------------ encoders
     @torch.no_grad()
-    def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents, sampled from the posterior."""
+    def encode_images(self, images: Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents, sampled from the posterior (with one
+        generator, or one per image)."""
         posterior = self.vae.encode(images.to(self.device, self.vae_dtype)).latent_dist
         latents = posterior.sample(generator=generator)
         shift = self.vae.config.get("shift_factor") or 0.0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
@@ -18,6 +21,7 @@ from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup, spread_ranks
 from lit_pref.rewards import Scorer
 
 TiesPolicy = Literal["drop", "keep_first", "raise"]
+Generators = torch.Generator | list[torch.Generator] | None  # one for the batch, or one per pair
 
 
 @dataclass
@@ -54,7 +58,10 @@ class TrajectoryDPO(LoRAModule):
 
     Per pair: one timestep and one noise shared by winner and loser; winner and loser go through the
     policy in one forward, and through the reference (adapters disabled, no grad) in another; the per-sample
-    denoising errors go to the injected ``loss`` (Diffusion-DPO by default).
+    denoising errors go to the injected ``loss`` (Diffusion-DPO by default). In training, a pair's random draws
+    (caption dropping, VAE posterior samples, noise, timestep) come from its own generator seeded with
+    ``(seed, epoch, the pair's dataset index)`` (batches with ``indices``), so the batch size, gradient
+    accumulation, the number of processes and a restart from a checkpoint change none of them.
 
     Offline mode (``mode="offline"``): batches are those of ``datamodules.PreferencePairDataModule``:
     ``images_0``, ``images_1`` in [-1, 1], ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie),
@@ -86,6 +93,7 @@ class TrajectoryDPO(LoRAModule):
         timestep_grid: Literal["train", "inference"] = "train",
         scorer: Scorer | None = None,
         trajectory: TrajectorySettings = TrajectorySettings(),
+        seed: int | None = None,
     ) -> None:
         """
         Args:
@@ -108,6 +116,8 @@ class TrajectoryDPO(LoRAModule):
             scorer: Trajectory mode: the preference source, any ``lit_pref.rewards.Scorer`` (a reward model,
                 or the toy world's hidden reward). Held as a plain attribute, never a registered submodule.
             trajectory: Trajectory-mode settings.
+            seed: Seed of the per-pair draws in offline training (see above); ``None``: the run's
+                ``seed_everything`` seed (``PL_GLOBAL_SEED``), 0 without one.
         """
         super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale)
         if not 0.0 <= proportion_empty_prompts <= 1.0:
@@ -128,6 +138,7 @@ class TrajectoryDPO(LoRAModule):
         self.trajectory = trajectory
         self.buffer = ReplayBuffer(trajectory.buffer_capacity)
         self._collected_at: int | None = None
+        self.seed = seed
 
     # ------------------------------------------------------------------ pieces subclasses override
     def step_weights(self, num_steps: int) -> Tensor:
@@ -141,14 +152,27 @@ class TrajectoryDPO(LoRAModule):
         scheduler.set_timesteps(self.num_inference_steps)
         return scheduler.timesteps
 
-    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        """Offline-mode timesteps, one per pair, on the ``timestep_grid``."""
+    def sample_timesteps(self, batch_size: int, generator: Generators = None) -> Tensor:
+        """Offline-mode timesteps, one per pair, on the ``timestep_grid`` (drawn on the generator's device)."""
+        if isinstance(generator, list):
+            return torch.cat([self.sample_timesteps(1, g) for g in generator])
+        device = generator.device if generator is not None else self.device
         if self.timestep_grid == "train":
             num_train = self.backbone.noise_scheduler.config.num_train_timesteps
-            return torch.randint(0, num_train, (batch_size,), device=self.device, generator=generator)
-        weights = self.step_weights(self.num_inference_steps).to(self.device)
+            steps = torch.randint(0, num_train, (batch_size,), device=device, generator=generator)
+            return steps.to(self.device)
+        weights = self.step_weights(self.num_inference_steps).to(device)
         steps = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
-        return self.inference_timesteps().to(self.device)[steps]
+        return self.inference_timesteps().to(self.device)[steps.to(self.device)]
+
+    def pair_generators(self, indices: Tensor) -> list[torch.Generator]:
+        """One CPU generator per pair, seeded with ``(seed, epoch, index)``: a pair draws the same numbers in
+        whatever batch, process or restart it is trained."""
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return [
+            torch.Generator().manual_seed(int(np.random.SeedSequence([seed, self.current_epoch, i]).generate_state(1)[0]))
+            for i in indices.tolist()
+        ]
 
     # ------------------------------------------------------------------ batch handling
     def winners_and_losers(self, batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -169,20 +193,25 @@ class TrajectoryDPO(LoRAModule):
             "images_l": torch.where(first_wins, images_1, images_0)[keep],
             "captions": [c for c, k in zip(batch["captions"], keep.tolist()) if k],
         }
-        for key in ("original_sizes", "crop_top_left"):
+        for key in ("original_sizes", "crop_top_left", "indices"):
             if key in batch:
                 pairs[key] = batch[key].to(self.device)[keep]
         return pairs, int((~keep).sum())
 
     def denoising_errors(
-        self, pairs: dict[str, Any], generator: torch.Generator | None = None
+        self, pairs: dict[str, Any], generator: Generators = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-sample MSEs ``(e_w, e_l, r_w, r_l)`` of policy and reference, sharing t and noise per pair."""
+        """Per-sample MSEs ``(e_w, e_l, r_w, r_l)`` of policy and reference, sharing t and noise per pair.
+
+        ``generator``: one for the batch, one per pair (pair i: winner's posterior sample, loser's, noise,
+        timestep, in that order), or ``None`` for the global RNG.
+        """
         backbone = self.backbone
         images_w, images_l = pairs["images_w"], pairs["images_l"]
         n = images_w.shape[0]
-        latents = backbone.encode_images(torch.cat([images_w, images_l]), generator=generator)
-        noise = torch.randn(latents[:n].shape, device=latents.device, dtype=latents.dtype, generator=generator)
+        per_image = generator + generator if isinstance(generator, list) else generator
+        latents = backbone.encode_images(torch.cat([images_w, images_l]), generator=per_image)
+        noise = randn_tensor(latents[:n].shape, generator=generator, device=latents.device, dtype=latents.dtype)
         noise = noise.repeat(2, 1, 1, 1)
         timesteps = self.sample_timesteps(n, generator).repeat(2)
         noisy = backbone.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -199,10 +228,14 @@ class TrajectoryDPO(LoRAModule):
             ref_err = (backbone.predict(noisy, timesteps, cond).float() - target).pow(2).mean(dim=(1, 2, 3))
         return model_err[:n], model_err[n:], ref_err[:n], ref_err[n:]
 
-    def _drop_captions(self, captions: list[str]) -> list[str]:
+    def _drop_captions(self, captions: list[str], generators: list[torch.Generator] | None = None) -> list[str]:
         if self.proportion_empty_prompts == 0.0:
             return captions
-        drop = torch.rand(len(captions)) < self.proportion_empty_prompts
+        if generators is None:
+            draws = torch.rand(len(captions))
+        else:
+            draws = torch.cat([torch.rand(1, generator=g) for g in generators])
+        drop = draws < self.proportion_empty_prompts
         return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
     # ------------------------------------------------------------------ trajectory mode
@@ -292,8 +325,9 @@ class TrajectoryDPO(LoRAModule):
         if n == 0:
             # Nothing to learn from, but every rank must still run backward (DDP would hang otherwise).
             return sum(p.sum() for p in self.trainable_parameters()) * 0.0
-        pairs["captions"] = self._drop_captions(pairs["captions"])
-        loss, stats = self.loss(*self.denoising_errors(pairs))
+        generators = self.pair_generators(pairs["indices"]) if "indices" in pairs else None
+        pairs["captions"] = self._drop_captions(pairs["captions"], generators)
+        loss, stats = self.loss(*self.denoising_errors(pairs, generators))
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=n)
         return loss
