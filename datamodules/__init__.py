@@ -2,6 +2,7 @@
 
 from .preference_pairs import BadRowError, PreferencePairDataModule, PreferencePairDataset, collate_pairs
 from .prompts import PromptDataModule
+from .resumable import EpochSampler, ResumableLoader
 from .synthetic import SyntheticPreferenceDataModule, draw_shape, make_synthetic_pairs
 from .toy import HELDOUT_COMBOS, Scene, ToyImageDataModule, ToyImageDataset, parse_caption, render, sample_scene
 from .toy import caption as toy_caption
@@ -10,9 +11,11 @@ from .toy_pairs import ToyPreferenceDataModule
 
 __all__ = [
     "BadRowError",
+    "EpochSampler",
     "PreferencePairDataModule",
     "PreferencePairDataset",
     "PromptDataModule",
+    "ResumableLoader",
     "SyntheticPreferenceDataModule",
     "collate_pairs",
     "draw_shape",

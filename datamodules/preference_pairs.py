@@ -30,6 +30,7 @@ Batch contract (output of :func:`collate_pairs`)::
     captions        list[str] of length B
     original_sizes  LongTensor[B, 2] (height, width of image 0 before resize/crop)
     crop_top_left   LongTensor[B, 2] (top, left of the crop in resized-image pixels)
+    indices         LongTensor[B]    (the items' indices in the dataset)
     num_skipped     int              (items dropped because an image did not decode)
 
 With an encoding cache attached (``callbacks.EncodingCache``, see ``datamodules/encoding_cache.py``) the
@@ -64,6 +65,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .encoding_cache import EncodingStore
+from .resumable import EpochSampler, ResumableLoader
 
 CACHED_ROW_GROUPS = 4  # parquet row groups of images kept in memory per process
 
@@ -286,7 +288,7 @@ class PreferencePairDataset(Dataset):
 
     Items are dicts ``{"image_0": FloatTensor[3, R, R], "image_1": ...,
     "label_0": FloatTensor[] , "caption": str, "original_size": LongTensor[2],
-    "crop_top_left": LongTensor[2]}`` with images in [-1, 1], or ``None`` when
+    "crop_top_left": LongTensor[2], "index": int}`` with images in [-1, 1], or ``None`` when
     an image fails to decode and ``on_bad_row="skip"``. Batch them with
     :func:`collate_pairs` (or :meth:`collate`, which knows the resolution).
 
@@ -529,12 +531,13 @@ class PreferencePairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         row = self._row(index)
+        position = index if index >= 0 else index + len(self)
         if self.encodings is not None:
-            item = self.encodings.item(index if index >= 0 else index + len(self))
+            item = self.encodings.item(position)
             if item is None:  # its images did not decode when the cache was built (on_bad_row="skip")
                 return None
             return {**item, "label_0": torch.tensor(self._rows.labels[row], dtype=torch.float32),
-                    "caption": self._rows.captions[row]}
+                    "caption": self._rows.captions[row], "index": position}
         pair = self._decode_pair(row)
         if pair is None:
             return None
@@ -564,6 +567,7 @@ class PreferencePairDataset(Dataset):
             "caption": self._rows.captions[row],
             "original_size": torch.tensor([pair[0].height, pair[0].width], dtype=torch.long),
             "crop_top_left": torch.tensor(crop_top_left, dtype=torch.long),
+            "index": position,
         }
 
     def collate(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
@@ -594,6 +598,7 @@ def collate_pairs(items: Sequence[dict[str, Any] | None], resolution: int | None
             "captions": [],
             "original_sizes": torch.zeros(0, 2, dtype=torch.long),
             "crop_top_left": torch.zeros(0, 2, dtype=torch.long),
+            "indices": torch.zeros(0, dtype=torch.long),
             "num_skipped": num_skipped,
         }
     if "latent_dist_0" in kept[0]:  # from the encoding cache
@@ -613,6 +618,7 @@ def collate_pairs(items: Sequence[dict[str, Any] | None], resolution: int | None
         "captions": [item["caption"] for item in kept],
         "original_sizes": torch.stack([item["original_size"] for item in kept]).long(),
         "crop_top_left": torch.stack([item["crop_top_left"] for item in kept]).long(),
+        "indices": torch.tensor([item["index"] for item in kept], dtype=torch.long),
         "num_skipped": num_skipped,
     }
 
@@ -675,8 +681,9 @@ class PreferencePairDataModule(pl.LightningDataModule):
         on_bad_row: ``"raise"`` stops with a :class:`BadRowError` naming the file
             and row; ``"skip"`` drops bad rows (logged at setup, or counted in
             each batch's ``num_skipped`` when an image does not decode).
-        seed: Seed of the validation split and of the per-item random
-            crop/flip decisions.
+        seed: Seed of the validation split, of the per-item random
+            crop/flip decisions and of the training order (epoch ``e``
+            shuffles with ``seed + e``).
     """
 
     def __init__(
@@ -746,11 +753,12 @@ class PreferencePairDataModule(pl.LightningDataModule):
         if self.test_path is not None:
             self.test_dataset = self._dataset(self.test_path).view(center_crop=True, random_flip=False)
 
-    def _loader(self, dataset: PreferencePairDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: PreferencePairDataset, batch_size: int) -> DataLoader:
+        """An evaluation loader: in order."""
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=False,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -758,20 +766,33 @@ class PreferencePairDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled by epoch with ``seed`` and dealt to the processes; a resumed run continues mid-epoch with
+        the batches the uninterrupted run would have seen, skipping the consumed ones unread."""
         if self.train_dataset is None:
             self.setup("fit")
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return ResumableLoader(
+            self.train_dataset,
+            sampler=EpochSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed),
+            trainer=trainer,
+            batch_size=self.batch_size,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=partial(collate_pairs, resolution=self.resolution),
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.train_dataset is None:
             self.setup("validate")
         if self.val_dataset is None:
             return []
-        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
+        return self._loader(self.val_dataset, self.val_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("test")
         if self.test_dataset is None:
             raise ValueError("no test data: set test_path (data.init_args.test_path) to run `lit_pref test`")
-        return self._loader(self.test_dataset, self.val_batch_size, shuffle=False)
+        return self._loader(self.test_dataset, self.val_batch_size)

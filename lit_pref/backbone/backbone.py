@@ -227,16 +227,19 @@ class DiffusionBackbone(nn.Module):
             return self.vae.encode(images.to(self.device, self.vae_dtype)).latent_dist.parameters
 
     @torch.no_grad()
-    def sample_latents(self, latent_dist: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample_latents(
+        self, latent_dist: Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> Tensor:
         """Scaled latents drawn from a posterior given by :meth:`encode_latent_dist` (the same draw as
-        ``vae.encode(x).latent_dist.sample(generator)``)."""
+        ``vae.encode(x).latent_dist.sample(generator)``; one generator, or one per image)."""
         posterior = DiagonalGaussianDistribution(latent_dist.to(self.device, self.vae_dtype))
         latents = posterior.sample(generator=generator)
         shift = self.vae.config.get("shift_factor") or 0.0
         return ((latents - shift) * self.vae.config.scaling_factor).to(self.weight_dtype)
 
-    def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents, sampled from the posterior."""
+    def encode_images(self, images: Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents, sampled from the posterior (with one
+        generator, or one per image)."""
         return self.sample_latents(self.encode_latent_dist(images), generator=generator)
 
     @torch.no_grad()

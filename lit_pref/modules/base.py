@@ -106,10 +106,17 @@ class LoRAModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # DeepSpeed drops "state_dict" and writes the weights to its own files (the trainable ones only, with
+        # exclude_frozen_parameters); the names let on_load_checkpoint check a DeepSpeed checkpoint too.
+        checkpoint["trainable_parameters"] = sorted(trainable)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint that lacks some of this model's trainable parameters (another LoRA rank or
+        target modules): loading is non-strict because the frozen base is not in it. A DeepSpeed checkpoint
+        (a folder) has already been loaded by DeepSpeed, non-strictly; its recorded parameter names are checked."""
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        missing = sorted(trainable - set(checkpoint["state_dict"]))
+        saved = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint.get("trainable_parameters", [])
+        missing = sorted(trainable - set(saved))
         if missing:
             raise KeyError(
                 f"checkpoint lacks {len(missing)} trainable parameter(s) of this model, e.g. {missing[:3]}; "

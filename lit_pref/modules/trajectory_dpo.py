@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
@@ -18,6 +21,7 @@ from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup, spread_ranks
 from lit_pref.rewards import Scorer
 
 TiesPolicy = Literal["drop", "keep_first", "raise"]
+Generators = torch.Generator | list[torch.Generator] | None  # one for the batch, or one per pair
 
 
 @dataclass
@@ -56,7 +60,10 @@ class TrajectoryDPO(LoRAModule):
     policy in one forward, and through the reference (adapters disabled, in inference mode) in another; the
     per-sample denoising errors go to the injected ``loss`` (Diffusion-DPO by default). With the
     ``callbacks.EncodingCache`` callback the batches carry cached VAE posteriors and text embeddings instead of
-    images, and the frozen encoders do not run.
+    images, and the frozen encoders do not run. In training, a pair's random draws (caption dropping, VAE
+    posterior samples, noise, timestep) come from its own generator seeded with ``(seed, epoch, the pair's
+    dataset index)`` (batches with ``indices``), so the batch size, gradient accumulation, the number of
+    processes and a restart from a checkpoint change none of them.
 
     Offline mode (``mode="offline"``): batches are those of ``datamodules.PreferencePairDataModule``:
     ``images_0``, ``images_1`` in [-1, 1], ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie),
@@ -89,6 +96,7 @@ class TrajectoryDPO(LoRAModule):
         scorer: Scorer | None = None,
         trajectory: TrajectorySettings = TrajectorySettings(),
         max_nonfinite_steps: int = 10,
+        seed: int | None = None,
     ) -> None:
         """
         Args:
@@ -113,6 +121,8 @@ class TrajectoryDPO(LoRAModule):
             trajectory: Trajectory-mode settings.
             max_nonfinite_steps: Optimizer steps with a NaN/inf loss that are skipped (counted as
                 ``train/skipped_nonfinite``) before training stops with an error; 0 stops at the first.
+            seed: Seed of the per-pair draws in offline training (see above); ``None``: the run's
+                ``seed_everything`` seed (``PL_GLOBAL_SEED``), 0 without one.
         """
         super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale, max_nonfinite_steps)
         if not 0.0 <= proportion_empty_prompts <= 1.0:
@@ -133,6 +143,7 @@ class TrajectoryDPO(LoRAModule):
         self.trajectory = trajectory
         self.buffer = ReplayBuffer(trajectory.buffer_capacity)
         self._collected_at: int | None = None
+        self.seed = seed
 
     # ------------------------------------------------------------------ pieces subclasses override
     def step_weights(self, num_steps: int) -> Tensor:
@@ -146,14 +157,27 @@ class TrajectoryDPO(LoRAModule):
         scheduler.set_timesteps(self.num_inference_steps)
         return scheduler.timesteps
 
-    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        """Offline-mode timesteps, one per pair, on the ``timestep_grid``."""
+    def sample_timesteps(self, batch_size: int, generator: Generators = None) -> Tensor:
+        """Offline-mode timesteps, one per pair, on the ``timestep_grid`` (drawn on the generator's device)."""
+        if isinstance(generator, list):
+            return torch.cat([self.sample_timesteps(1, g) for g in generator])
+        device = generator.device if generator is not None else self.device
         if self.timestep_grid == "train":
             num_train = self.backbone.noise_scheduler.config.num_train_timesteps
-            return torch.randint(0, num_train, (batch_size,), device=self.device, generator=generator)
-        weights = self.step_weights(self.num_inference_steps).to(self.device)
+            steps = torch.randint(0, num_train, (batch_size,), device=device, generator=generator)
+            return steps.to(self.device)
+        weights = self.step_weights(self.num_inference_steps).to(device)
         steps = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
-        return self.inference_timesteps().to(self.device)[steps]
+        return self.inference_timesteps().to(self.device)[steps.to(self.device)]
+
+    def pair_generators(self, indices: Tensor) -> list[torch.Generator]:
+        """One CPU generator per pair, seeded with ``(seed, epoch, index)``: a pair draws the same numbers in
+        whatever batch, process or restart it is trained."""
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return [
+            torch.Generator().manual_seed(int(np.random.SeedSequence([seed, self.current_epoch, i]).generate_state(1)[0]))
+            for i in indices.tolist()
+        ]
 
     # ------------------------------------------------------------------ batch handling
     def winners_and_losers(self, batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -178,26 +202,29 @@ class TrajectoryDPO(LoRAModule):
                 pairs[f"{name}_l"] = torch.where(wins, second, first)[keep]
         if "text" in batch:
             pairs["text"] = {k: v.to(self.device)[keep] for k, v in batch["text"].items()}
-        for key in ("original_sizes", "crop_top_left"):
+        for key in ("original_sizes", "crop_top_left", "indices"):
             if key in batch:
                 pairs[key] = batch[key].to(self.device)[keep]
         return pairs, int((~keep).sum())
 
     def denoising_errors(
-        self, pairs: dict[str, Any], generator: torch.Generator | None = None
+        self, pairs: dict[str, Any], generator: Generators = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-sample MSEs ``(e_w, e_l, r_w, r_l)`` of policy and reference, sharing t and noise per pair.
 
         Latents and text come from the encoding cache when the pairs carry them (``latent_dists_*``, ``text``),
         else from the frozen VAE and text encoder; a cached posterior is sampled exactly as a fresh encoding is.
+        ``generator``: one for the batch, one per pair (pair i: winner's posterior sample, loser's, noise,
+        timestep, in that order), or ``None`` for the global RNG.
         """
         backbone = self.backbone
+        per_image = generator + generator if isinstance(generator, list) else generator
         if "latent_dists_w" in pairs:
-            latents = backbone.sample_latents(torch.cat([pairs["latent_dists_w"], pairs["latent_dists_l"]]), generator)
+            latents = backbone.sample_latents(torch.cat([pairs["latent_dists_w"], pairs["latent_dists_l"]]), per_image)
         else:
-            latents = backbone.encode_images(torch.cat([pairs["images_w"], pairs["images_l"]]), generator=generator)
+            latents = backbone.encode_images(torch.cat([pairs["images_w"], pairs["images_l"]]), generator=per_image)
         n = latents.shape[0] // 2
-        noise = torch.randn(latents[:n].shape, device=latents.device, dtype=latents.dtype, generator=generator)
+        noise = randn_tensor(latents[:n].shape, generator=generator, device=latents.device, dtype=latents.dtype)
         noise = noise.repeat(2, 1, 1, 1)
         timesteps = self.sample_timesteps(n, generator).repeat(2)
         noisy = backbone.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -218,10 +245,14 @@ class TrajectoryDPO(LoRAModule):
         ref_err = ref_err.clone()
         return model_err[:n], model_err[n:], ref_err[:n], ref_err[n:]
 
-    def _drop_captions(self, captions: list[str]) -> list[str]:
+    def _drop_captions(self, captions: list[str], generators: list[torch.Generator] | None = None) -> list[str]:
         if self.proportion_empty_prompts == 0.0:
             return captions
-        drop = torch.rand(len(captions)) < self.proportion_empty_prompts
+        if generators is None:
+            draws = torch.rand(len(captions))
+        else:
+            draws = torch.cat([torch.rand(1, generator=g) for g in generators])
+        drop = draws < self.proportion_empty_prompts
         return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
     def _drop_cached_text(self, text: dict[str, Tensor], captions: list[str]) -> dict[str, Tensor]:
@@ -320,10 +351,11 @@ class TrajectoryDPO(LoRAModule):
         if n == 0:
             # Nothing to learn from, but every rank must still run backward (DDP would hang otherwise).
             return sum(p.sum() for p in self.trainable_parameters()) * 0.0
-        pairs["captions"] = self._drop_captions(pairs["captions"])
+        generators = self.pair_generators(pairs["indices"]) if "indices" in pairs else None
+        pairs["captions"] = self._drop_captions(pairs["captions"], generators)
         if "text" in pairs:
             pairs["text"] = self._drop_cached_text(pairs["text"], pairs["captions"])
-        loss, stats = self.loss(*self.denoising_errors(pairs))
+        loss, stats = self.loss(*self.denoising_errors(pairs, generators))
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=n)
         return loss
