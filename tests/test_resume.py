@@ -77,7 +77,8 @@ def test_fit_2n_equals_fit_n_plus_resume_n(uninterrupted, data, tmp_path):
     the same LoRA, bit for bit, although the global RNG was reseeded in between: the noise, timesteps and
     caption drops are drawn per pair, and the data order is the sampler's."""
     torch.manual_seed(12345)
-    fit(run_args(tmp_path, data), ckpt_path=str(uninterrupted / "checkpoints" / "epoch=0-step=4.ckpt"))
+    cli = fit(run_args(tmp_path, data), ckpt_path=str(uninterrupted / "checkpoints" / "epoch=0-step=4.ckpt"))
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # the CLI's default
     full, resumed = logged_losses(uninterrupted), logged_losses(tmp_path)
     assert sorted(full) == list(range(STEPS)) and sorted(resumed) == list(range(4, STEPS))
     assert [resumed[s] for s in range(4, STEPS)] == [full[s] for s in range(4, STEPS)]
