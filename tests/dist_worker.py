@@ -1,9 +1,8 @@
 """Multi-process runs for tests/test_distributed.py, and what they share with the single-process runs.
 
 ``python -m dist_worker OUT DATA`` (from the repository root, with ``tests`` on ``PYTHONPATH``) is started
-once per rank by the test, torchrun-style (``MASTER_ADDR``,
-``MASTER_PORT``, ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK`` in the environment, so Lightning launches nothing
-itself). In the same two processes it runs, through ``LitPrefCLI`` with the shipped method and strategy configs:
+once per rank by the test, torchrun-style (``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``RANK``,
+``LOCAL_RANK`` in the environment, so Lightning launches nothing itself). In the same two processes it runs, through ``LitPrefCLI`` with the shipped method and strategy configs:
 DDP for 4 steps; DeepSpeed ZeRO-2 for 2 steps, then a resume to 4; the same with ZeRO-3 (and a scorer in a
 callback). Each run writes its LoRA export and per-rank step records under ``OUT/<run>/``.
 """
@@ -155,8 +154,8 @@ def frozen_report(cli) -> dict[str, Any]:
 
 
 def scorer_report(cli) -> dict[str, Any]:
-    """The RewardMetrics scorer after a ZeRO-3 run: its parameters' dtypes, shapes and DeepSpeed attributes, and
-    the score it gives outside the run against the one logged inside."""
+    """The RewardMetrics scorer after a ZeRO-3 run: its parameters' dtypes, sizes and DeepSpeed attributes, and
+    the mean score it logged."""
     from callbacks import RewardMetrics
 
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, RewardMetrics)]

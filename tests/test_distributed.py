@@ -166,6 +166,7 @@ def test_deepspeed_fit_save_resume_export_equals_ddp(two_processes, stage):
     # bit-identical to the pretrained weights after the non-strict load
     assert report["frozen_max_abs_diff"] == 0.0 and report["num_frozen"] > 300
     folder = run / "checkpoints" / "epoch=0-step=2.ckpt"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [folder.name]  # renamed into place, no partial left
     model_states = sorted((folder / "checkpoint").glob("*model_states.pt"))
     assert len(model_states) == (1 if stage == 2 else 2)
     module = torch.load(model_states[0], map_location="cpu", weights_only=False)["module"]
@@ -178,9 +179,11 @@ def test_deepspeed_fit_save_resume_export_equals_ddp(two_processes, stage):
 
 
 def test_deepspeed_checkpoint_folder_reads_back_as_the_step_2_lora(two_processes):
-    """``trainable_state_dict`` merges a ZeRO-2 / ZeRO-3 folder to fp32 (what LoRAExport's ``lora_best`` uses)."""
+    """``trainable_state_dict`` merges a ZeRO-2 / ZeRO-3 folder to fp32 (what LoRAExport's ``lora_best`` uses),
+    and a module whose adapters the folder does not cover refuses it."""
     from lit_pref.backbone import DiffusionBackbone, lora_config
     from lit_pref.checkpointing import trainable_state_dict
+    from lit_pref.modules import TrajectoryDPO
 
     for stage in (2, 3):
         run = two_processes / f"zero{stage}"
@@ -191,6 +194,16 @@ def test_deepspeed_checkpoint_folder_reads_back_as_the_step_2_lora(two_processes
         backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items()}, strict=False)
         exported = lora(run / "first")  # the first run's export at step 2, from the live (gathered) weights
         assert max_diff({f"unet.{k}": v for k, v in backbone.lora_state_dict().items()}, exported) == 0.0
+        # DeepSpeed loads the folder itself, non-strictly; LoRAModule checks the parameter names it recorded
+        client_state = torch.load(next((run / "checkpoints" / "epoch=0-step=2.ckpt" / "checkpoint").glob(
+            "*model_states.pt")), map_location="cpu", weights_only=False)
+        assert "state_dict" not in client_state
+        TrajectoryDPO(backbone).on_load_checkpoint(client_state)
+        settings = lora_config(run / "first" / "lora")
+        wider = DiffusionBackbone(model="tiny", lora_rank=settings["lora_rank"],
+                                  lora_target_modules=[*settings["lora_target_modules"], "ff.net.2"])
+        with pytest.raises(KeyError, match="trainable parameter"):
+            TrajectoryDPO(wider).on_load_checkpoint(client_state)
 
 
 def test_zero3_leaves_a_callbacks_scorer_whole_and_fp32(two_processes):

@@ -77,7 +77,8 @@ def test_fit_2n_equals_fit_n_plus_resume_n(uninterrupted, data, tmp_path):
     the same LoRA, bit for bit, although the global RNG was reseeded in between: the noise, timesteps and
     caption drops are drawn per pair, and the data order is the sampler's."""
     torch.manual_seed(12345)
-    fit(run_args(tmp_path, data), ckpt_path=str(uninterrupted / "checkpoints" / "epoch=0-step=4.ckpt"))
+    cli = fit(run_args(tmp_path, data), ckpt_path=str(uninterrupted / "checkpoints" / "epoch=0-step=4.ckpt"))
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # the CLI's default
     full, resumed = logged_losses(uninterrupted), logged_losses(tmp_path)
     assert sorted(full) == list(range(STEPS)) and sorted(resumed) == list(range(4, STEPS))
     assert [resumed[s] for s in range(4, STEPS)] == [full[s] for s in range(4, STEPS)]
@@ -162,6 +163,24 @@ def test_atomic_checkpoint_io_leaves_the_old_file_or_the_new_one(tmp_path):
     assert partial.startswith(".tmp-") and partial.endswith(".partial") and "last" not in partial
     io.save_checkpoint({"step": 3}, path)
     assert torch.load(path, weights_only=True) == {"step": 3}
+
+
+def test_a_pairs_draws_depend_on_the_seed_and_the_pair_only():
+    """TrajectoryDPO's per-pair generators: the same pair draws the same numbers at any place in any batch,
+    whatever the global RNG; other pairs and other seeds draw others."""
+    from lit_pref.backbone import DiffusionBackbone
+    from lit_pref.modules import TrajectoryDPO
+
+    model = TrajectoryDPO(DiffusionBackbone.tiny(), seed=7)
+
+    def draws(indices: list[int], seed: int = 7) -> list[torch.Tensor]:
+        model.seed = seed
+        torch.manual_seed(len(indices))  # the global RNG plays no part
+        return [torch.rand(4, generator=g) for g in model.pair_generators(torch.tensor(indices))]
+
+    a, b = draws([1, 2]), draws([2, 5, 1])
+    assert torch.equal(a[0], b[2]) and torch.equal(a[1], b[0])
+    assert not torch.equal(a[0], a[1]) and not torch.equal(draws([1], seed=8)[0], a[0])
 
 
 # ---------------------------------------------------------------------------------------------- data order

@@ -344,8 +344,10 @@ class TrajectoryDPO(LoRAModule):
             self.log_lr()
             return self.trajectory_step(batch)
         pairs, dropped = self.winners_and_losers(batch)
-        self.log("train/ties_dropped", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum")
-        self.log("data/skipped_rows", float(batch.get("num_skipped", 0)), on_step=False, on_epoch=True, reduce_fx="sum")
+        # epoch totals over all processes (synchronised once, at the epoch's end)
+        self.log("train/ties_dropped", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
+        self.log("data/skipped_rows", float(batch.get("num_skipped", 0)), on_step=False, on_epoch=True, reduce_fx="sum",
+                 sync_dist=True)
         self.log_lr()
         n = len(pairs["captions"])
         if n == 0:
