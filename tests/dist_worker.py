@@ -35,6 +35,11 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         DDPStrategy.setup_environment(self)  # no CUDA check
 
     def setup_distributed(self) -> None:
+        import deepspeed.ops
+
+        # DeepSpeed would compile a shared-memory all-reduce for CPU processes on first use (minutes on a fresh
+        # machine); gloo does the job here.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         reset_seed()
         self.set_world_ranks()
         self._init_deepspeed_distributed()  # no check of GPU indices
