@@ -2,6 +2,7 @@
 
 from .preference_pairs import BadRowError, PreferencePairDataModule, PreferencePairDataset, collate_pairs
 from .prompts import PromptDataModule
+from .rich_pairs import RichPreferenceDataModule
 from .synthetic import SyntheticPreferenceDataModule, draw_shape, make_synthetic_pairs
 from .toy import HELDOUT_COMBOS, Scene, ToyImageDataModule, ToyImageDataset, parse_caption, render, sample_scene
 from .toy import caption as toy_caption
@@ -13,6 +14,7 @@ __all__ = [
     "PreferencePairDataModule",
     "PreferencePairDataset",
     "PromptDataModule",
+    "RichPreferenceDataModule",
     "SyntheticPreferenceDataModule",
     "collate_pairs",
     "draw_shape",
