@@ -130,7 +130,7 @@ class RichPreferenceDPO(TrajectoryDPO):
             raise ValueError(f"resynthesize_every={self.resynthesize_every} needs the Trainer to reload the training "
                              f"data in step with it: set trainer.reload_dataloaders_every_n_epochs to 1 (or a divisor "
                              f"of {self.resynthesize_every}); it is {reload}")
-        self.synthesize_round(self.current_epoch // self.resynthesize_every)
+        self.synthesize_round(0)  # reused when it exists (a resumed run: later rounds are made at epoch ends)
 
     def on_train_epoch_start(self) -> None:
         if not self.iterative:
