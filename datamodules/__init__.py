@@ -3,6 +3,7 @@
 from .preference_pairs import BadRowError, PreferencePairDataModule, PreferencePairDataset, collate_pairs
 from .prompts import PromptDataModule
 from .resumable import EpochSampler, ResumableLoader
+from .rich_pairs import RichPreferenceDataModule
 from .synthetic import SyntheticPreferenceDataModule, draw_shape, make_synthetic_pairs
 from .toy import HELDOUT_COMBOS, Scene, ToyImageDataModule, ToyImageDataset, parse_caption, render, sample_scene
 from .toy import caption as toy_caption
@@ -16,6 +17,7 @@ __all__ = [
     "PreferencePairDataset",
     "PromptDataModule",
     "ResumableLoader",
+    "RichPreferenceDataModule",
     "SyntheticPreferenceDataModule",
     "collate_pairs",
     "draw_shape",

@@ -12,6 +12,7 @@ import sys
 # subcommand -> module whose ``main(argv: list[str]) -> None`` runs it
 SUBCOMMANDS: dict[str, str] = {
     "compare": "lit_pref.compare",
+    "synthesize-pairs": "lit_pref.rpo.cli",
 }
 
 

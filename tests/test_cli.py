@@ -16,8 +16,10 @@ from conftest import REPO, read_events
 from lit_pref.__main__ import main
 from lit_pref.losses import PairLoss
 
-# configs/strategy/*.yaml only compose with a method config: tests/test_distributed.py parses them that way.
-CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml") if "strategy" not in p.parts)
+# Training configs. Parsed elsewhere: configs/strategy/*.yaml compose with a method config
+# (tests/test_distributed.py); the synthesize-pairs configs (configs/**/synthesize*.yaml) in tests/test_rpo.py.
+CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml")
+                 if "strategy" not in p.parts and not p.name.startswith("synthesize"))
 
 
 class GapLoss(PairLoss):
