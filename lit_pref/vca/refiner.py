@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import replace
-from typing import Sequence
+from typing import Literal, Sequence
 
 from datamodules.dialogues import Turn
 from datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES
@@ -107,7 +107,7 @@ class CausalLMRefiner(PromptRefiner):
         max_new_tokens: Length limit of the reply.
         system_prompt: The system message.
         device: Device of the model (e.g. ``"cpu"``, ``"cuda"``).
-        torch_dtype: Weight dtype name (``"float32"``, ``"bfloat16"``, ``"float16"``) or ``"auto"``.
+        dtype: Weight dtype (``"auto"``: as stored).
     """
 
     DEFAULT_SYSTEM_PROMPT = (
@@ -122,7 +122,7 @@ class CausalLMRefiner(PromptRefiner):
         max_new_tokens: int = 64,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         device: str = "cpu",
-        torch_dtype: str = "auto",
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,8 +130,8 @@ class CausalLMRefiner(PromptRefiner):
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"{model}: the tokenizer has no chat template; CausalLMRefiner needs a chat model")
-        dtype = torch_dtype if torch_dtype == "auto" else getattr(torch, torch_dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(model, torch_dtype=dtype).to(device).eval()
+        weights = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=weights).to(device).eval()
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
         self._fallback = TemplateRefiner()
@@ -150,13 +150,14 @@ class CausalLMRefiner(PromptRefiner):
     def refine(self, prompt: str, feedback: str, history: Sequence[Turn] = ()) -> str:
         import torch
 
-        ids = self.tokenizer.apply_chat_template(
-            self.messages(prompt, feedback, history), add_generation_prompt=True, return_tensors="pt"
+        inputs = self.tokenizer.apply_chat_template(
+            self.messages(prompt, feedback, history), add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(self.model.device)
+        ids = inputs["input_ids"]
         with torch.no_grad():
             out = self.model.generate(
                 ids,
-                attention_mask=torch.ones_like(ids),
+                attention_mask=inputs["attention_mask"],
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
