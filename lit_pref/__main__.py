@@ -11,6 +11,7 @@ import sys
 
 # subcommand -> module whose ``main(argv: list[str]) -> None`` runs it
 SUBCOMMANDS: dict[str, str] = {
+    "interact": "lit_pref.vca.interact",
 }
 
 

@@ -16,7 +16,8 @@ from conftest import REPO, read_events
 from lit_pref.__main__ import main
 from lit_pref.losses import PairLoss
 
-CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
+# configs/interact/ holds `python -m lit_pref interact` configs, parsed by tests/test_interact.py
+CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml") if "interact" not in p.parts)
 
 
 class GapLoss(PairLoss):
