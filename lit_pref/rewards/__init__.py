@@ -3,10 +3,22 @@
 from lit_pref.rewards.aesthetic import AestheticMLP, AestheticScorer
 from lit_pref.rewards.base import Scorer
 from lit_pref.rewards.clip_score import CLIPScore
+from lit_pref.rewards.reward_model import RewardHead, RewardModelScorer
+from lit_pref.rewards.stat_tracking import PerPromptStatTracker
 from lit_pref.rewards.toy import BradleyTerryLabeller, Reading, ToyGroundTruthReward, ToyJudge
+from lit_pref.rewards.vca import (
+    RoundWeightSchedule,
+    VCAReward,
+    consistency_reward,
+    diversity_reward,
+    mutual_information_reward,
+    total_reward,
+)
 from lit_pref.rewards.win_rate import WinRate, win_rate
 
 __all__ = [
     "AestheticMLP", "AestheticScorer", "BradleyTerryLabeller", "CLIPScore", "Reading", "Scorer",
     "ToyGroundTruthReward", "ToyJudge", "WinRate", "win_rate",
+    "PerPromptStatTracker", "RewardHead", "RewardModelScorer", "RoundWeightSchedule", "VCAReward",
+    "consistency_reward", "diversity_reward", "mutual_information_reward", "total_reward",
 ]
