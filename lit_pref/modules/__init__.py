@@ -2,6 +2,9 @@
 
 from lit_pref.modules.base import LoRAModule
 from lit_pref.modules.dense_discounted_dpo import DenseDiscountedDPO
+from lit_pref.modules.reward_model import RewardModel
 from lit_pref.modules.trajectory_dpo import TrajectoryDPO, TrajectorySettings
+from lit_pref.modules.vca_ppo import VCAPPO, PPOSettings
 
-__all__ = ["DenseDiscountedDPO", "LoRAModule", "TrajectoryDPO", "TrajectorySettings"]
+__all__ = ["DenseDiscountedDPO", "LoRAModule", "PPOSettings", "RewardModel", "TrajectoryDPO", "TrajectorySettings",
+           "VCAPPO"]
