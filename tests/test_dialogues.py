@@ -310,3 +310,16 @@ def test_toy_dialogues_parse_back_and_replay(tmp_path):
     make_toy_dialogues(again, n=6, rounds=5, seed=3)
     assert [[t.user_feedback for t in d.turns] for d in read_dialogues(again)] == \
            [[t.user_feedback for t in d.turns] for d in dialogues]  # deterministic in the seed
+
+
+def test_toy_start_changes_one_to_max_changes_attributes():
+    from datamodules.toy import parse_caption
+    from lit_pref.vca import toy_start
+
+    rng = np.random.default_rng(0)
+    counts = set()
+    for _ in range(200):
+        target, initial = toy_start(rng, max_changes=2)
+        t, i = parse_caption(target), parse_caption(initial)
+        counts.add(sum(getattr(t, a) != getattr(i, a) for a in ("colour", "shape", "size", "background")))
+    assert counts == {1, 2}

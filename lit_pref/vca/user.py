@@ -12,6 +12,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from lit_pref.io import atomic_dir, atomic_file
 from lit_pref.rewards.toy import ToyGroundTruthReward, ToyJudge
 from lit_pref.vca.refiner import PromptRefiner, TemplateRefiner
 
-__all__ = ["SimulatedUser", "ToySimulatedUser", "make_toy_dialogues"]
+__all__ = ["SimulatedUser", "ToySimulatedUser", "make_toy_dialogues", "play_dialogue", "toy_start"]
 
 ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "size", "background")
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -52,6 +53,10 @@ class SimulatedUser(ABC):
     @abstractmethod
     def satisfied(self, image: Tensor) -> bool:
         """Whether ``image`` ``[3, H, W]`` in ``[0, 1]`` is what the user wants."""
+
+    def satisfaction(self, image: Tensor) -> float:
+        """The user's satisfaction with ``image`` in ``[0, 1]``; by default 1 when :meth:`satisfied`, else 0."""
+        return 1.0 if self.satisfied(image) else 0.0
 
 
 class ToySimulatedUser(SimulatedUser):
@@ -137,6 +142,56 @@ def _save_png(image: Tensor, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
+def toy_start(rng: np.random.Generator, max_changes: int = 3) -> tuple[str, str]:
+    """A random toy dialogue start: ``(target caption, initial prompt)``.
+
+    The target is drawn uniformly from all 72 toy captions; the initial prompt differs from it in ``1..max_changes``
+    attributes (uniform count, then uniform attributes and uniform other values).
+    """
+    if not 1 <= max_changes <= len(ATTRIBUTES):
+        raise ValueError(f"max_changes must be in 1..{len(ATTRIBUTES)}, got {max_changes}")
+    captions = toy_prompts("all")
+    target_caption = captions[int(rng.integers(len(captions)))]
+    target = parse_caption(target_caption)
+    start = {a: getattr(target, a) for a in ATTRIBUTES}
+    changed = rng.choice(len(ATTRIBUTES), size=int(rng.integers(1, max_changes + 1)), replace=False)
+    for a in (ATTRIBUTES[int(j)] for j in changed):
+        others = [v for v in _CHOICES[a] if v != start[a]]
+        start[a] = others[int(rng.integers(len(others)))]
+    return target_caption, toy_caption(start["colour"], start["shape"], start["size"], start["background"])
+
+
+def play_dialogue(
+    generate: Callable[[str, int], Tensor],
+    user: SimulatedUser,
+    refiner: PromptRefiner,
+    initial_prompt: str,
+    rounds: int,
+) -> tuple[list[Turn], list[Tensor]]:
+    """Plays one dialogue: each round ``generate(P_t, t)`` gives images ``[K, 3, H, W]``, the user chooses one and
+    writes feedback, the refiner makes ``P_{t+1}``; it stops after the round whose chosen image satisfies the user,
+    or after ``rounds`` rounds (``P_1 = initial_prompt``).
+
+    Returns:
+        The turns (``prompt``, ``user_feedback``, ``chosen``, ``satisfaction``; no image paths) and each round's
+        images.
+    """
+    turns: list[Turn] = []
+    shown: list[Tensor] = []
+    prompt = initial_prompt
+    for t in range(1, rounds + 1):
+        images = generate(prompt, t)
+        k = user.choose(images, prompt)
+        feedback = user.feedback(images[k], prompt)
+        turns.append(Turn(round=t, user_feedback=feedback, prompt=prompt, chosen=k,
+                          satisfaction=user.satisfaction(images[k])))
+        shown.append(images)
+        if user.satisfied(images[k]):
+            break
+        prompt = refiner.refine(prompt, feedback, turns)
+    return turns, shown
+
+
 def make_toy_dialogues(
     path: str | os.PathLike,
     n: int,
@@ -148,17 +203,16 @@ def make_toy_dialogues(
     save_images: bool = False,
     refiner: PromptRefiner | None = None,
 ) -> list[Dialogue]:
-    """Plays ``n`` toy dialogues between :class:`ToySimulatedUser` and a refiner and writes them as JSONL.
+    """Plays ``n`` toy dialogues between :class:`ToySimulatedUser` and a refiner on rendered images; writes JSONL.
 
-    Dialogue ``i``: a hidden target drawn uniformly from all 72 toy captions; the initial prompt differs from it in
-    ``1..max_changes`` attributes (uniform count, uniform attributes and values). Round ``t``: ``num_images`` toy
-    images of ``P_t`` are rendered (:func:`datamodules.toy.render`, random positions), the user chooses one and
-    writes feedback on it, and the refiner (default :class:`TemplateRefiner`) makes ``P_{t+1}``. The dialogue ends
-    after the round whose chosen image satisfies the user (feedback ``"perfect"``) or after ``rounds`` rounds. Each
-    turn records ``prompt``, ``user_feedback`` and ``satisfaction`` (:meth:`ToySimulatedUser.satisfaction`), and with
-    ``save_images`` also ``images`` (PNG files in the folder ``<stem>_images/`` beside the file) and ``chosen``.
-    Category ``"toy"``; ids ``toy-<seed>-<i>``. Deterministic in ``seed``. The file (and image folder) are replaced
-    atomically.
+    Dialogue ``i`` starts from :func:`toy_start` (a hidden target; an initial prompt differing from it in
+    ``1..max_changes`` attributes) and is played by :func:`play_dialogue` on ``num_images`` toy images of each
+    prompt (:func:`datamodules.toy.render`, random positions) with the refiner (default :class:`TemplateRefiner`):
+    it ends after the round whose chosen image satisfies the user (feedback ``"perfect"``) or after ``rounds``
+    rounds. Each turn records ``prompt``, ``user_feedback`` and ``satisfaction``
+    (:meth:`ToySimulatedUser.satisfaction`), and with ``save_images`` also ``images`` (PNG files in the folder
+    ``<stem>_images/`` beside the file) and ``chosen``. Category ``"toy"``; ids ``toy-<seed>-<i>``. Deterministic
+    in ``seed``. The file (and image folder) are replaced atomically.
 
     Args:
         path: Output ``.jsonl`` file.
@@ -174,41 +228,28 @@ def make_toy_dialogues(
     Returns:
         The dialogues written.
     """
-    if n < 0 or rounds < 1 or num_images < 1 or not 1 <= max_changes <= len(ATTRIBUTES):
-        raise ValueError(f"need n >= 0, rounds >= 1, num_images >= 1, 1 <= max_changes <= 4; got {n}, {rounds}, {num_images}, {max_changes}")
+    if n < 0 or rounds < 1 or num_images < 1:
+        raise ValueError(f"need n >= 0, rounds >= 1, num_images >= 1; got {n}, {rounds}, {num_images}")
     path = Path(path)
     refiner = refiner if refiner is not None else TemplateRefiner()
-    captions = toy_prompts("all")
     rng = np.random.default_rng(seed)
     image_dir = path.parent / f"{path.stem}_images"
+
+    def generate(prompt: str, t: int) -> Tensor:
+        return torch.stack([_render_prompt(prompt, rng, resolution) for _ in range(num_images)])
+
     dialogues: list[Dialogue] = []
     pending_images: list[tuple[str, Tensor]] = []
     for i in range(n):
-        target_caption = captions[int(rng.integers(len(captions)))]
-        target = parse_caption(target_caption)
-        start = {a: getattr(target, a) for a in ATTRIBUTES}
-        changed = rng.choice(len(ATTRIBUTES), size=int(rng.integers(1, max_changes + 1)), replace=False)
-        for a in (ATTRIBUTES[int(j)] for j in changed):
-            others = [v for v in _CHOICES[a] if v != start[a]]
-            start[a] = others[int(rng.integers(len(others)))]
-        initial = toy_caption(start["colour"], start["shape"], start["size"], start["background"])
-        user = ToySimulatedUser(target_caption)
+        target_caption, initial = toy_start(rng, max_changes)
         dialogue_id = f"toy-{seed}-{i}"
-        turns: list[Turn] = []
-        prompt = initial
-        for t in range(1, rounds + 1):
-            images = torch.stack([_render_prompt(prompt, rng, resolution) for _ in range(num_images)])
-            k = user.choose(images, prompt)
-            feedback = user.feedback(images[k], prompt)
-            turn = Turn(round=t, user_feedback=feedback, prompt=prompt, satisfaction=user.satisfaction(images[k]))
+        turns, shown = play_dialogue(generate, ToySimulatedUser(target_caption), refiner, initial, rounds)
+        for turn, images in zip(turns, shown):
             if save_images:
-                turn.images = [f"{image_dir.name}/{dialogue_id}_r{t}_{j}.png" for j in range(num_images)]
-                turn.chosen = k
+                turn.images = [f"{image_dir.name}/{dialogue_id}_r{turn.round}_{j}.png" for j in range(num_images)]
                 pending_images += [(name.split("/", 1)[1], image) for name, image in zip(turn.images, images)]
-            turns.append(turn)
-            if feedback == "perfect":
-                break
-            prompt = refiner.refine(prompt, feedback, turns)
+            else:
+                turn.chosen = None
         dialogues.append(Dialogue(dialogue_id, initial, turns, category="toy"))
     if save_images:
         with atomic_dir(image_dir) as tmp:
