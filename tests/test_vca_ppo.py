@@ -1,5 +1,6 @@
 """VCAPPO on the toy world: log-probs recomputed at collection equal the stored ones, the chosen image is carried into
-the next round's consistency term, a real Lightning run logs every round, and training moves the policy."""
+the next round's consistency term, and a real Lightning run logs every round, improves the PPO surrogate and plays
+the dialogues toward their hidden targets."""
 
 from __future__ import annotations
 
@@ -33,12 +34,10 @@ class RecordingReward(VCAReward):
         return super().__call__(images, prompts, round, previous)
 
 
-def make_model(preference=None, **ppo) -> VCAPPO:
-    settings = dict(num_images=2, minibatch_size=2, step_fraction=0.5, min_count=2, clip_range=1e-4)
-    settings.update(ppo)
-    reward = RecordingReward(preference or ToyGroundTruthReward(), RoundWeightSchedule(num_rounds=2), clip_model="toy")
+def make_model() -> VCAPPO:
+    reward = RecordingReward(ToyGroundTruthReward(), RoundWeightSchedule(num_rounds=2), clip_model="toy")
     return VCAPPO(DiffusionBackbone(model="toy", lora_rank=4), reward, ToyDialogueUsers(), num_rounds=2,
-                  num_inference_steps=4, guidance_scale=4.0, ppo=PPOSettings(**settings),
+                  num_inference_steps=4, guidance_scale=4.0, ppo=PPOSettings(num_images=2, min_count=2),
                   hidden_reward=ToyGroundTruthReward(),
                   optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
 
@@ -90,21 +89,50 @@ def test_toy_target_replays_the_feedback():
     assert parse_caption(toy_target(dialogue)) is not None
 
 
-def test_short_fit_logs_every_round_and_trains_the_lora(tmp_path):
-    """A real run through Lightning: one batch of two toy dialogues, two rounds, R_pref from a saved reward model."""
+class SurrogateCheck(VCAPPO):
+    """VCAPPO that, after each round's update, measures how the update moved the advantage-weighted log-probs of
+    that round's stored transitions: ``mean(A * (logp_after - logp_collected))``."""
+
+    surrogate_changes: list[float]
+
+    def ppo_update(self, traj, advantages):
+        stats = super().ppo_update(traj, advantages)
+        cond, negative = self.conditioning(traj)
+        rows = torch.arange(traj.log_probs.shape[0])
+        with torch.no_grad():
+            after = torch.stack([self.step_log_probs(traj, rows, k, cond, negative) for k in range(traj.num_steps)], 1)
+        change = (advantages.clamp(-self.ppo.adv_clip, self.ppo.adv_clip)[:, None] * (after - traj.log_probs)).mean()
+        self.surrogate_changes.append(change.item())
+        return stats
+
+
+def test_short_fit_logs_every_round_improves_the_surrogate_and_the_dialogues_move_to_the_target(tmp_path):
+    """A real run through Lightning: one batch of two toy dialogues, three rounds, R_pref from a saved reward model.
+
+    Each round has one optimizer step on all its samples and steps, so the first step is in the first-order regime:
+    it must raise the advantage-weighted log-probs of the transitions it was computed on (a sign error in the loss,
+    the advantages or the log-probs would lower them). Over the rounds of the dialogues the users' feedback and the
+    refiner move the prompts to the hidden targets, so the hidden reward of the last round beats the first's.
+    """
     torch.manual_seed(0)
     make_toy_dialogues(tmp_path / "train.jsonl", 2, seed=0)
     RewardModel(clip_model="toy", hidden_dim=8).save_pretrained(tmp_path / "rm")  # an untrained head: plumbing only
-    model = make_model(preference=RewardModelScorer(str(tmp_path / "rm")))
+    reward = RecordingReward(RewardModelScorer(str(tmp_path / "rm")), RoundWeightSchedule(num_rounds=3),
+                             clip_model="toy")
+    model = SurrogateCheck(DiffusionBackbone(model="toy", lora_rank=4), reward, ToyDialogueUsers(), num_rounds=3,
+                           num_inference_steps=4, guidance_scale=4.0, hidden_reward=ToyGroundTruthReward(),
+                           ppo=PPOSettings(num_images=2, minibatch_size=4, step_fraction=1.0, min_count=2),
+                           optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
+    model.surrogate_changes = []
     before = {n: p.detach().clone() for n, p in model.backbone.unet.named_parameters() if "lora_B" in n}
     trainer = Trainer(max_epochs=1, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="vca", version=0),
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       default_root_dir=tmp_path)
     trainer.fit(model, DialogueDataModule(str(tmp_path / "train.jsonl"), batch_size=2, shuffle=False))
-    # 2 rounds x 4 samples / minibatch 2 = 4 optimizer steps.
-    assert trainer.global_step == 4
+    assert trainer.global_step == 3  # one optimizer step per round
     after = dict(model.backbone.unet.named_parameters())
     assert any((after[n] - b).abs().sum() > 0 for n, b in before.items())
+    assert model.surrogate_changes[0] > 0, model.surrogate_changes
 
     events = read_events(tmp_path / "vca" / "version_0")
     scalars = set(events.Tags()["scalars"])
@@ -112,12 +140,16 @@ def test_short_fit_logs_every_round_and_trains_the_lora(tmp_path):
                  "reward_preference", "weight_diversity", "weight_consistency", "weight_mutual_information",
                  "weight_preference", "loss", "approx_kl", "clipfrac", "ratio_mean", "hidden_reward", "satisfied", "lr"]
     for name in per_round:
-        assert len(events.Scalars(f"train/{name}")) == 2, name  # one point per round
+        assert len(events.Scalars(f"train/{name}")) == 3, name  # one point per round
     for name in ("rounds_to_target", "success_rate"):
         assert f"train/{name}" in scalars
-    rounds = [e.value for e in events.Scalars("train/round")]
-    assert rounds == [1.0, 2.0] and [e.step for e in events.Scalars("train/round")] == [2, 4]
-    schedule = RoundWeightSchedule(num_rounds=2)
-    for t, event in zip((1, 2), events.Scalars("train/weight_diversity")):
+    assert [(e.step, e.value) for e in events.Scalars("train/round")] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    schedule = RoundWeightSchedule(num_rounds=3)
+    for t, event in zip((1, 2, 3), events.Scalars("train/weight_diversity")):
         assert event.value == pytest.approx(schedule.weights(t)["diversity"])
     assert events.Scalars("train/reward_consistency")[0].value == 1.0
+    # The first update starts from the collected weights: its ratio is exactly 1 and nothing is clipped.
+    assert events.Scalars("train/ratio_mean")[0].value == pytest.approx(1.0, abs=1e-6)
+    assert events.Scalars("train/clipfrac")[0].value == 0.0
+    hidden = [e.value for e in events.Scalars("train/hidden_reward")]
+    assert hidden[-1] > hidden[0], hidden
