@@ -1,5 +1,6 @@
-"""Data modules of lit_pref: preference pairs (files, synthetic, toy world), toy images and prompt lists."""
+"""Data modules of lit_pref: preference pairs (files, synthetic, toy world), toy images, prompt lists and dialogues."""
 
+from .dialogues import Dialogue, DialogueDataModule, DialogueFormatError, Turn, append_dialogue, read_dialogues
 from .preference_pairs import BadRowError, PreferencePairDataModule, PreferencePairDataset, collate_pairs
 from .prompts import PromptDataModule
 from .resumable import EpochSampler, ResumableLoader
@@ -11,6 +12,12 @@ from .toy import prompts as toy_prompts  # not `prompts`: that would shadow the 
 from .toy_pairs import ToyPreferenceDataModule
 
 __all__ = [
+    "Dialogue",
+    "DialogueDataModule",
+    "DialogueFormatError",
+    "Turn",
+    "append_dialogue",
+    "read_dialogues",
     "BadRowError",
     "EpochSampler",
     "PreferencePairDataModule",

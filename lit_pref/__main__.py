@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "compare": "lit_pref.compare",
     "synthesize-pairs": "lit_pref.rpo.cli",
+    "interact": "lit_pref.vca.interact",
 }
 
 

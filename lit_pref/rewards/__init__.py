@@ -7,11 +7,23 @@ from lit_pref.rewards.clip_score import CLIPScore
 from lit_pref.rewards.hpsv2 import HPSv2
 from lit_pref.rewards.image_reward import ImageReward, ImageRewardConfig, ImageRewardModel
 from lit_pref.rewards.pickscore import PickScore
+from lit_pref.rewards.reward_model import RewardHead, RewardModelScorer
+from lit_pref.rewards.stat_tracking import PerPromptStatTracker
 from lit_pref.rewards.toy import BradleyTerryLabeller, Reading, ToyGroundTruthReward, ToyJudge
+from lit_pref.rewards.vca import (
+    RoundWeightSchedule,
+    VCAReward,
+    consistency_reward,
+    diversity_reward,
+    mutual_information_reward,
+    total_reward,
+)
 from lit_pref.rewards.win_rate import WinRate, win_rate
 
 __all__ = [
     "AestheticMLP", "AestheticScorer", "BradleyTerryLabeller", "CLIPScore", "HPSv2", "ImageReward",
     "ImageRewardConfig", "ImageRewardModel", "PickScore", "Reading", "Scorer", "ToyGroundTruthReward", "ToyJudge",
     "WinRate", "win_rate",
+    "PerPromptStatTracker", "RewardHead", "RewardModelScorer", "RoundWeightSchedule", "VCAReward",
+    "consistency_reward", "diversity_reward", "mutual_information_reward", "total_reward",
 ]
