@@ -54,7 +54,7 @@ def demo_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("demo")
     proc = subprocess.run([sys.executable, "-m", "lit_pref", "fit", *demo_args(tmp, 6)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return tmp, tmp / "runs" / "demo" / "version_0"
 
