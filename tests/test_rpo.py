@@ -86,6 +86,8 @@ def test_toy_editor_carries_out_the_critics_instructions():
     (reading,) = judge.read(moved[None])
     assert (reading.colour, reading.shape, reading.size) == ("blue", "circle", "small")  # only the position changed
     assert math.dist(reading.center, (16.0, 16.0)) < 1.0
+    white = torch.ones(3, 1, 1)
+    assert (moved != white).any(0).sum() == (wrong != white).any(0).sum()  # the image's own pixels, shifted
     assert torch.equal(editor.edit(wrong, ["paint a moustache on it"], prompt), wrong)  # not understood: unchanged
 
 

@@ -79,6 +79,16 @@ def _direction(dy: float, dx: float) -> str:
     return f"the {vertical} {horizontal}"
 
 
+def _translate(image: Tensor, rows: int, cols: int) -> Tensor:
+    """``image`` shifted by whole pixels (down, right), the uncovered border filled with its border's median colour."""
+    border = torch.cat([image[:, 0, :], image[:, -1, :], image[:, :, 0], image[:, :, -1]], dim=1)
+    out = border.median(dim=1).values.view(-1, 1, 1).expand_as(image).clone()
+    height, width = image.shape[-2:]
+    out[:, max(rows, 0):height + min(rows, 0), max(cols, 0):width + min(cols, 0)] = \
+        image[:, max(-rows, 0):height - max(rows, 0), max(-cols, 0):width - max(cols, 0)]
+    return out
+
+
 class ToyCritic(Critic):
     """Critiques toy images by reading them with :class:`~lit_pref.rewards.ToyJudge`.
 
@@ -148,20 +158,21 @@ class ToyCritic(Critic):
 
 
 class ToyEditor(Editor):
-    """Carries out :class:`ToyCritic`'s instructions by redrawing the scene with the corrected attributes.
+    """Carries out :class:`ToyCritic`'s instructions on the scene read from the image.
 
-    The scene is read from the image with the judge (colour, shape, size class and side, background, centroid);
-    each instruction of the toy grammar changes one attribute (``make the shape red``, ``change the circle into a
-    triangle``, ``make the shape large``, ``make the background white``, ``move the shape to the centre``, ``draw a
-    small red circle in the centre``); then the scene is drawn as the toy world's renderer draws its training images.
-    Attributes no instruction names keep the values read from the image (the side is kept within its size class; a
-    new size class gets the middle of its range). "Centre" puts the shape's centroid on the image centre.
-    Instructions outside the grammar are ignored; when none is understood the image comes back unchanged.
+    The scene is read with the judge (colour, shape, size class and side, background, centroid); each instruction of
+    the toy grammar changes one attribute (``make the shape red``, ``change the circle into a triangle``, ``make the
+    shape large``, ``make the background white``, ``move the shape to the centre``, ``draw a small red circle in the
+    centre``). A move alone shifts the image's own pixels by whole pixels so that the centroid lands on the centre:
+    the pair then differs in position only, as a good instruction editor's minimal edit would. Any other change
+    redraws the scene as the toy world's renderer draws its training images, with the attributes no instruction names
+    kept as read (the side within its size class; a new size class gets the middle of its range; "centre" puts the
+    centroid on the image centre). Instructions outside the grammar are ignored; when none is understood the image
+    comes back unchanged.
 
     A programmatic edit rather than SDEdit with the toy base: the toy text encoder knows only captions, so there is
     no "corrected prompt" that says *where* a shape should be, and re-noising toward the same caption only re-rolls
-    the sample (the gains are small and mostly chance). A redraw carries out exactly what the critic asked, as a good
-    instruction editor would; it is deterministic, so ``seed`` is unused.
+    the sample (small gains, mostly chance). The edit is deterministic, so ``seed`` is unused.
 
     Args:
         judge: The judge that reads the scene; ``None``: ``ToyJudge()``.
@@ -180,6 +191,7 @@ class ToyEditor(Editor):
             scene.update(colour=_COLOUR_NAMES[int(reading["colour"][0])],
                          shape=_SHAPE_BY_CODE[int(reading["shape"][0])], size=SIZES[int(reading["size"][0])],
                          side=float(reading["side"][0]), centroid=tuple(float(v) for v in reading["center"][0]))
+        before = dict(scene)
         understood = False
         for instruction in instructions:
             for pattern, action in _GRAMMAR:
@@ -199,6 +211,9 @@ class ToyEditor(Editor):
                 break
         if not understood or "shape" not in scene or "centroid" not in scene:
             return image.clone()
+        if found and all(scene[k] == before[k] for k in scene if k != "centroid"):  # a move only
+            shift = [round(target - now) for target, now in zip(scene["centroid"], before["centroid"])]
+            return _translate(image, *shift)
         low, high = (bound * resolution for bound in SIZE_RANGES[scene["size"]])
         side = (low + high) / 2 if scene["side"] is None else min(max(scene["side"], low), high)
         row, col = scene["centroid"]
