@@ -3,7 +3,7 @@
     python bench/sampling.py [--model tiny] [--batch 16] [--steps 50] [--repeats 3]
 
 Prints trajectories per second (median over repeats) for ``sample(eta=1, return_trajectory=True)`` and images per
-second for plain ``sample(eta=1)`` in the same run, and their ratio.
+second for plain ``sample(eta=1)`` in the same run, and their ratio. ``bench/perf.py`` reuses :func:`sampling_rates`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,26 @@ import torch
 from lit_pref.backbone import DiffusionBackbone
 
 
+def sampling_rates(backbone: DiffusionBackbone, batch: int, steps: int, guidance: float, repeats: int,
+                   resolution: int | None = None) -> tuple[float, float]:
+    """(trajectories/s with log-probs, images/s plain): medians over ``repeats`` timed calls after one warm-up."""
+    prompts = ["a small red circle on a white background"] * batch
+
+    def rate(return_trajectory: bool) -> float:
+        times = []
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            backbone.sample(prompts, num_inference_steps=steps, guidance_scale=guidance, eta=1.0,
+                            generator=torch.Generator(backbone.device).manual_seed(i), height=resolution,
+                            width=resolution, return_trajectory=return_trajectory)
+            if backbone.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return batch / statistics.median(times[1:])
+
+    return rate(True), rate(False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="backbone preset, hub id or folder")
@@ -26,18 +46,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per mode, after one warm-up call")
     args = parser.parse_args()
     backbone = DiffusionBackbone(model=args.model).eval()
-    prompts = ["a small red circle on a white background"] * args.batch
-
-    def rate(return_trajectory: bool) -> float:
-        times = []
-        for i in range(args.repeats + 1):
-            start = time.perf_counter()
-            backbone.sample(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, eta=1.0,
-                            generator=torch.Generator().manual_seed(i), return_trajectory=return_trajectory)
-            times.append(time.perf_counter() - start)
-        return args.batch / statistics.median(times[1:])
-
-    with_logprob, plain = rate(True), rate(False)
+    with_logprob, plain = sampling_rates(backbone, args.batch, args.steps, args.guidance, args.repeats)
     print(f"{args.model}, batch {args.batch}, {args.steps} DDIM steps, guidance {args.guidance}, "
           f"{torch.get_num_threads()} threads: {with_logprob:.1f} trajectories/s with log-probs, "
           f"{plain:.1f} images/s plain (ratio {with_logprob / plain:.2f})")

@@ -1,4 +1,5 @@
-"""Evaluation on sampled images: reward means per scorer, and the policy's win rate against the reference."""
+"""Evaluation on sampled images: reward means per scorer, and the policy's win rate against the reference; each
+can log a grid of the evaluated samples with their scores."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from callbacks.sample_grid import captioned_grid, log_image
 from lit_pref.rewards import Scorer, win_rate
 
 
 class _Evaluation(Callback):
     """Shared by the evaluation callbacks: fixed prompts, fixed seeds, evaluated at the end of each validation
-    and, with ``every_n_steps``, every that many optimizer steps (for runs without validation data)."""
+    and, with ``every_n_steps``, every that many optimizer steps (for runs without validation data); the first
+    ``grid_images`` samples (one of each prompt first) are logged as an image grid with their scores."""
 
     def __init__(
         self,
@@ -22,6 +25,7 @@ class _Evaluation(Callback):
         guidance_scale: float = 5.0,
         seed: int = 0,
         every_n_steps: int | None = None,
+        grid_images: int = 8,
     ) -> None:
         """
         Args:
@@ -32,63 +36,107 @@ class _Evaluation(Callback):
             guidance_scale: Classifier-free guidance scale.
             seed: Seed of the first sample's noise; the others follow.
             every_n_steps: Also evaluate every this many optimizer steps (``None``: only after validation).
+            grid_images: Evaluated samples (for ``WinRate``: policy / reference pairs) logged to TensorBoard as an
+                image grid with their scores written under them, one sample of every prompt first; 0 logs none.
         """
         if not scorers or not prompts:
             raise ValueError("need at least one scorer and one prompt")
+        if grid_images < 0:
+            raise ValueError(f"grid_images must be >= 0, got {grid_images}")
         self.scorers = scorers  # held here, never registered on the LightningModule
         self.texts = [p for p in prompts for _ in range(num_images_per_prompt)]
         self.num_inference_steps = num_inference_steps
         self.guidance_scale = guidance_scale
         self.seed = seed
         self.every_n_steps = every_n_steps
+        # sample i is repeat i % n of prompt i // n: repeat 0 of every prompt first, then repeat 1, ...
+        n = num_images_per_prompt
+        self.grid_indices = sorted(range(len(self.texts)), key=lambda i: (i % n, i // n))[:grid_images]
         self._last_step: int | None = None
 
     @torch.no_grad()
     def sample(self, pl_module: LightningModule) -> Tensor:
-        """Images in [0, 1] for every (prompt, repeat); image i always starts from the noise of seed + i."""
+        """Images in [0, 1] for every (prompt, repeat); image i always starts from the noise of seed + i.
+        Sampled in eval mode (no LoRA dropout), also when called during training."""
         backbone = pl_module.backbone
         generators = [torch.Generator(backbone.device).manual_seed(self.seed + i) for i in range(len(self.texts))]
-        return backbone.sample(self.texts, num_inference_steps=self.num_inference_steps,
-                               guidance_scale=self.guidance_scale, generator=generators)
+        modes = {module: module.training for module in pl_module.modules()}
+        pl_module.eval()
+        try:
+            return backbone.sample(self.texts, num_inference_steps=self.num_inference_steps,
+                                   guidance_scale=self.guidance_scale, generator=generators)
+        finally:
+            for module, training in modes.items():  # every module's own mode back, as Lightning's loops do
+                module.training = training
 
-    def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        """Sample, score, log the grid; returns the metrics (name -> value)."""
         raise NotImplementedError
 
+    def caption(self, i: int, scores: dict[str, Tensor], label: str = "") -> str:
+        """Grid caption of sample ``i``: ``label`` and its prompt, then a line ``<scorer> <score>`` per scorer."""
+        return "\n".join([f"{label}{self.texts[i]}", *(f"{name} {s[i].item():.3f}" for name, s in scores.items())])
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.evaluate(trainer, pl_module)
+        if not trainer.sanity_checking:  # with the validation metrics, so a checkpoint can monitor eval/*
+            for name, value in self.evaluate(trainer, pl_module).items():
+                pl_module.log(name, value, sync_dist=True)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0 and self._last_step != step:
             self._last_step = step
-            self.evaluate(trainer, pl_module)
+            metrics = self.evaluate(trainer, pl_module)
+            # Straight to the loggers: a value self.log-ged here would be written only at multiples of
+            # log_every_n_steps, and again at every later one. The step is the one Lightning gives this batch's
+            # train/* and a validation run after it (global_step - 1), so eval/* lines up with val/*.
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics(metrics, step=step - 1)
 
 
 class RewardMetrics(_Evaluation):
     """Log ``eval/<name>`` (mean) and ``eval/<name>_std`` of every scorer on fixed-seed samples of the policy.
 
     The same names for every method, so runs overlay in TensorBoard.
+
+    Grid: ``eval/samples``, four samples a row.
     """
 
-    def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         images = self.sample(pl_module)
-        for name, scorer in self.scorers.items():
-            scores = scorer.score(images, self.texts).float()
-            pl_module.log(f"eval/{name}", scores.mean(), sync_dist=True)
-            pl_module.log(f"eval/{name}_std", scores.std() if len(scores) > 1 else 0.0, sync_dist=True)
+        scores = {name: scorer.score(images, self.texts).float() for name, scorer in self.scorers.items()}
+        metrics = {}
+        for name, s in scores.items():
+            metrics[f"eval/{name}"] = s.mean().item()
+            metrics[f"eval/{name}_std"] = s.std().item() if len(s) > 1 else 0.0
+        if self.grid_indices:
+            captions = [self.caption(i, scores) for i in self.grid_indices]
+            log_image(trainer, "eval/samples", captioned_grid(images[self.grid_indices], captions, nrow=4))
+        return metrics
 
 
 class WinRate(_Evaluation):
     """Log ``eval/win_rate_vs_base/<name>`` and its bootstrap 95% interval (``.../<name>_low``, ``_high``): the policy
-    against the reference (adapters off) on the same prompts and initial noise, ties counting 0.5."""
+    against the reference (adapters off) on the same prompts and initial noise, ties counting 0.5.
 
-    def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    Grid: ``eval/win_rate_vs_base/samples``, two policy | reference pairs a row, both with their scores.
+    """
+
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         policy = self.sample(pl_module)
         with pl_module.backbone.reference():
             base = self.sample(pl_module)
+        policy_scores, base_scores, metrics = {}, {}, {}
         for name, scorer in self.scorers.items():
-            result = win_rate(scorer.score(policy, self.texts), scorer.score(base, self.texts), groups=self.texts)
-            pl_module.log(f"eval/win_rate_vs_base/{name}", result.rate)
-            pl_module.log(f"eval/win_rate_vs_base/{name}_low", result.low)
-            pl_module.log(f"eval/win_rate_vs_base/{name}_high", result.high)
+            policy_scores[name], base_scores[name] = scorer.score(policy, self.texts), scorer.score(base, self.texts)
+            result = win_rate(policy_scores[name], base_scores[name], groups=self.texts)
+            metrics[f"eval/win_rate_vs_base/{name}"] = result.rate
+            metrics[f"eval/win_rate_vs_base/{name}_low"] = result.low
+            metrics[f"eval/win_rate_vs_base/{name}_high"] = result.high
+        if self.grid_indices:
+            pairs = torch.stack([policy[self.grid_indices], base[self.grid_indices]], dim=1).flatten(0, 1)
+            captions = [c for i in self.grid_indices
+                        for c in (self.caption(i, policy_scores, "policy: "), self.caption(i, base_scores, "base: "))]
+            log_image(trainer, "eval/win_rate_vs_base/samples", captioned_grid(pairs, captions, nrow=4))
+        return metrics

@@ -1,7 +1,9 @@
-"""Data modules of lit_pref: preference pairs (files, synthetic, toy world), toy images and prompt lists."""
+"""Data modules of lit_pref: preference pairs (files, synthetic, toy world), toy images, prompt lists and dialogues."""
 
+from .dialogues import Dialogue, DialogueDataModule, DialogueFormatError, Turn, append_dialogue, read_dialogues
 from .preference_pairs import BadRowError, PreferencePairDataModule, PreferencePairDataset, collate_pairs
 from .prompts import PromptDataModule
+from .resumable import EpochSampler, ResumableLoader
 from .rich_pairs import RichPreferenceDataModule
 from .synthetic import SyntheticPreferenceDataModule, draw_shape, make_synthetic_pairs
 from .toy import HELDOUT_COMBOS, Scene, ToyImageDataModule, ToyImageDataset, parse_caption, render, sample_scene
@@ -10,10 +12,18 @@ from .toy import prompts as toy_prompts  # not `prompts`: that would shadow the 
 from .toy_pairs import ToyPreferenceDataModule
 
 __all__ = [
+    "Dialogue",
+    "DialogueDataModule",
+    "DialogueFormatError",
+    "Turn",
+    "append_dialogue",
+    "read_dialogues",
     "BadRowError",
+    "EpochSampler",
     "PreferencePairDataModule",
     "PreferencePairDataset",
     "PromptDataModule",
+    "ResumableLoader",
     "RichPreferenceDataModule",
     "SyntheticPreferenceDataModule",
     "collate_pairs",

@@ -30,11 +30,20 @@ Batch contract (output of :func:`collate_pairs`)::
     captions        list[str] of length B
     original_sizes  LongTensor[B, 2] (height, width of image 0 before resize/crop)
     crop_top_left   LongTensor[B, 2] (top, left of the crop in resized-image pixels)
+    indices         LongTensor[B]    (the items' indices in the dataset)
     num_skipped     int              (items dropped because an image did not decode)
+
+With an encoding cache attached (``callbacks.EncodingCache``, see ``datamodules/encoding_cache.py``) the
+images are replaced by what the frozen encoders made of them::
+
+    latent_dists_0  Tensor[B, 2C, h, w] VAE posterior (mean, log-variance) of image 0, the VAE's dtype
+    latent_dists_1  Tensor[B, 2C, h, w] the same for image 1
+    text            {"hidden": Tensor[B, 77, D]} (SDXL adds "pooled": Tensor[B, P]), the model's dtype
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -54,6 +63,9 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from .encoding_cache import EncodingStore
+from .resumable import EpochSampler, ResumableLoader
 
 CACHED_ROW_GROUPS = 4  # parquet row groups of images kept in memory per process
 
@@ -276,7 +288,7 @@ class PreferencePairDataset(Dataset):
 
     Items are dicts ``{"image_0": FloatTensor[3, R, R], "image_1": ...,
     "label_0": FloatTensor[] , "caption": str, "original_size": LongTensor[2],
-    "crop_top_left": LongTensor[2]}`` with images in [-1, 1], or ``None`` when
+    "crop_top_left": LongTensor[2], "index": int}`` with images in [-1, 1], or ``None`` when
     an image fails to decode and ``on_bad_row="skip"``. Batch them with
     :func:`collate_pairs` (or :meth:`collate`, which knows the resolution).
 
@@ -351,6 +363,7 @@ class PreferencePairDataset(Dataset):
         self._tables: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
         self._tables_pid = os.getpid()
         self._starts: dict[int, list[int]] = {}
+        self.encodings: EncodingStore | None = None  # set by `use_encodings`
 
     # -- views ------------------------------------------------------------- #
 
@@ -367,6 +380,7 @@ class PreferencePairDataset(Dataset):
         new.__dict__.update(self.__dict__)
         new._tables = OrderedDict()
         new._tables_pid = os.getpid()
+        new.encodings = None  # another view has other items: it needs its own cache entry
         if indices is not None:
             base = np.arange(len(self)) if self._indices is None else self._indices
             new._indices = np.asarray(base)[np.asarray(indices, dtype=np.int64)]
@@ -395,6 +409,51 @@ class PreferencePairDataset(Dataset):
     def labels(self) -> list[float]:
         """``label_0`` of the rows, in dataset order."""
         return [self._rows.labels[self._row(i)] for i in range(len(self))]
+
+    # -- encoding cache (datamodules.encoding_cache, callbacks.EncodingCache) -- #
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Everything this view's items depend on, for the encoding cache's key: the input files (path, size,
+        modification time; for JSONL also every image file), the rows in view order, and the preprocessing.
+
+        The random crop and flip of a row are drawn from ``(seed, row)`` and are the same in every epoch, so a
+        cached item is exactly the augmented pair :meth:`__getitem__` returns; the seed is part of the identity
+        only when it changes the pixels (random crop or flip).
+        """
+        def stat(path: str | Path) -> list:
+            st = os.stat(path)
+            return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+        rows = [self._row(i) for i in range(len(self))]
+        where = np.array([(self._rows.source_idx[r], self._rows.locator[r]) for r in rows], dtype=np.int64)
+        images = hashlib.sha256()
+        for r in rows:
+            for path in self._rows.image_paths[r] or ():
+                images.update(json.dumps(stat(path)).encode())
+        augmented = not self.center_crop or self.random_flip
+        return {
+            "files": [stat(source.path) for source in self.sources],
+            "rows": hashlib.sha256(where.tobytes()).hexdigest(),
+            "image_files": images.hexdigest(),
+            "resolution": self.resolution,
+            "center_crop": self.center_crop,
+            "random_flip": self.random_flip,
+            "seed": self.seed if augmented else None,
+        }
+
+    def uncached(self) -> "PreferencePairDataset":
+        """This view, decoding images (without the attached encodings)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.encodings = None
+        return new
+
+    def use_encodings(self, store: EncodingStore) -> None:
+        """Serve items from an encoding-cache entry built for this view: ``latent_dist_0``, ``latent_dist_1``
+        and ``text`` instead of ``image_0`` and ``image_1``; no image is decoded."""
+        if len(store) != len(self):
+            raise ValueError(f"{store.path} holds {len(store)} items, this data set {len(self)}")
+        self.encodings = store
 
     # -- pickling (DataLoader workers): never ship cached tables ------------ #
 
@@ -472,6 +531,13 @@ class PreferencePairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         row = self._row(index)
+        position = index if index >= 0 else index + len(self)
+        if self.encodings is not None:
+            item = self.encodings.item(position)
+            if item is None:  # its images did not decode when the cache was built (on_bad_row="skip")
+                return None
+            return {**item, "label_0": torch.tensor(self._rows.labels[row], dtype=torch.float32),
+                    "caption": self._rows.captions[row], "index": position}
         pair = self._decode_pair(row)
         if pair is None:
             return None
@@ -501,6 +567,7 @@ class PreferencePairDataset(Dataset):
             "caption": self._rows.captions[row],
             "original_size": torch.tensor([pair[0].height, pair[0].width], dtype=torch.long),
             "crop_top_left": torch.tensor(crop_top_left, dtype=torch.long),
+            "index": position,
         }
 
     def collate(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
@@ -531,15 +598,27 @@ def collate_pairs(items: Sequence[dict[str, Any] | None], resolution: int | None
             "captions": [],
             "original_sizes": torch.zeros(0, 2, dtype=torch.long),
             "crop_top_left": torch.zeros(0, 2, dtype=torch.long),
+            "indices": torch.zeros(0, dtype=torch.long),
             "num_skipped": num_skipped,
         }
+    if "latent_dist_0" in kept[0]:  # from the encoding cache
+        first = {
+            "latent_dists_0": torch.stack([item["latent_dist_0"] for item in kept]),
+            "latent_dists_1": torch.stack([item["latent_dist_1"] for item in kept]),
+            "text": {k: torch.stack([item["text"][k] for item in kept]) for k in kept[0]["text"]},
+        }
+    else:
+        first = {
+            "images_0": torch.stack([item["image_0"] for item in kept]),
+            "images_1": torch.stack([item["image_1"] for item in kept]),
+        }
     return {
-        "images_0": torch.stack([item["image_0"] for item in kept]),
-        "images_1": torch.stack([item["image_1"] for item in kept]),
+        **first,
         "label_0": torch.stack([item["label_0"] for item in kept]).float(),
         "captions": [item["caption"] for item in kept],
         "original_sizes": torch.stack([item["original_size"] for item in kept]).long(),
         "crop_top_left": torch.stack([item["crop_top_left"] for item in kept]).long(),
+        "indices": torch.tensor([item["index"] for item in kept], dtype=torch.long),
         "num_skipped": num_skipped,
     }
 
@@ -602,8 +681,9 @@ class PreferencePairDataModule(pl.LightningDataModule):
         on_bad_row: ``"raise"`` stops with a :class:`BadRowError` naming the file
             and row; ``"skip"`` drops bad rows (logged at setup, or counted in
             each batch's ``num_skipped`` when an image does not decode).
-        seed: Seed of the validation split and of the per-item random
-            crop/flip decisions.
+        seed: Seed of the validation split, of the per-item random
+            crop/flip decisions and of the training order (epoch ``e``
+            shuffles with ``seed + e``).
     """
 
     def __init__(
@@ -673,11 +753,12 @@ class PreferencePairDataModule(pl.LightningDataModule):
         if self.test_path is not None:
             self.test_dataset = self._dataset(self.test_path).view(center_crop=True, random_flip=False)
 
-    def _loader(self, dataset: PreferencePairDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: PreferencePairDataset, batch_size: int) -> DataLoader:
+        """An evaluation loader: in order."""
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=False,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -685,20 +766,33 @@ class PreferencePairDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled by epoch with ``seed`` and dealt to the processes; a resumed run continues mid-epoch with
+        the batches the uninterrupted run would have seen, skipping the consumed ones unread."""
         if self.train_dataset is None:
             self.setup("fit")
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return ResumableLoader(
+            self.train_dataset,
+            sampler=EpochSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed),
+            trainer=trainer,
+            batch_size=self.batch_size,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=partial(collate_pairs, resolution=self.resolution),
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.train_dataset is None:
             self.setup("validate")
         if self.val_dataset is None:
             return []
-        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
+        return self._loader(self.val_dataset, self.val_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("test")
         if self.test_dataset is None:
             raise ValueError("no test data: set test_path (data.init_args.test_path) to run `lit_pref test`")
-        return self._loader(self.test_dataset, self.val_batch_size, shuffle=False)
+        return self._loader(self.test_dataset, self.val_batch_size)

@@ -11,7 +11,9 @@ import sys
 
 # subcommand -> module whose ``main(argv: list[str]) -> None`` runs it
 SUBCOMMANDS: dict[str, str] = {
+    "compare": "lit_pref.compare",
     "synthesize-pairs": "lit_pref.rpo.cli",
+    "interact": "lit_pref.vca.interact",
 }
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from lit_pref.checkpointing import AtomicCheckpointIO
 
 
 class LitPrefCLI(LightningCLI):
@@ -11,7 +16,8 @@ class LitPrefCLI(LightningCLI):
 
     ``model`` and ``data`` take ``class_path``/``init_args`` (any LightningModule / LightningDataModule);
     the module builds its own optimizer from its ``optimizer`` argument, so there is no top-level
-    ``--optimizer``.
+    ``--optimizer``. Checkpoint files are written atomically (:class:`lit_pref.checkpointing.AtomicCheckpointIO`)
+    unless ``trainer.plugins`` names another ``CheckpointIO``.
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
@@ -25,3 +31,10 @@ class LitPrefCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        plugins = kwargs.get("plugins", self._get(self.config_init, "trainer.plugins")) or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)

@@ -1,11 +1,16 @@
-"""Atomic writes: a crash or a kill never leaves a half-written file or folder that looks valid."""
+"""Atomic writes: a crash or a kill never leaves a half-written file or folder that looks valid.
+
+Work in progress lives beside its destination (same file system, so the final rename is atomic) under a name
+that nothing mistakes for a result: a dot, ``tmp-``, digits, ``.partial``. In particular it never contains the
+destination's name: Lightning's ``ckpt_path="last"`` takes any file whose name contains ``last``.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +23,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = _create_partial(path.parent, os.mkdir)
     try:
         yield tmp
     except BaseException:
@@ -26,7 +31,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
     old = None
     if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        old = _create_partial(path.parent, os.mkdir)
         os.replace(path, old)
     os.replace(tmp, path)
     if old is not None:
@@ -38,12 +43,21 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; on success it is renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create_partial(path.parent, lambda name: os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)))
     try:
         yield tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def _create_partial(directory: Path, create: Callable[[str], object]) -> Path:
+    """Create (with ``create``, which fails if the entry exists) a fresh work-in-progress entry in ``directory``."""
+    while True:
+        path = directory / f".tmp-{os.getpid()}-{secrets.randbelow(10**12):012d}.partial"
+        try:
+            create(str(path))
+            return path
+        except FileExistsError:
+            continue

@@ -113,7 +113,7 @@ def test_saved_base_has_official_layout_and_round_trips(tmp_path):
         assert (root / sub).is_dir(), sub
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         assert (root / "tokenizer" / name).is_file()
-    assert not any(root.parent.glob(".model.tmp-*"))  # atomic write left nothing behind
+    assert not any(root.parent.glob(".tmp-*"))  # atomic write left nothing behind
     loaded = DiffusionBackbone.from_pretrained(str(root))
     assert loaded.is_sdxl
     ref = backbone.base_unet().state_dict()

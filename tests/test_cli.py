@@ -16,8 +16,11 @@ from conftest import REPO, read_events
 from lit_pref.__main__ import main
 from lit_pref.losses import PairLoss
 
-# Training configs; the synthesize-pairs configs (configs/**/synthesize*.yaml) are parsed in tests/test_rpo.py.
-CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("synthesize"))
+# Training configs. Parsed elsewhere: configs/strategy/*.yaml compose with a method config
+# (tests/test_distributed.py); the synthesize-pairs configs (configs/**/synthesize*.yaml) in tests/test_rpo.py;
+# configs/interact/ (`python -m lit_pref interact`) in tests/test_interact.py.
+CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml")
+                 if not {"strategy", "interact"} & set(p.parts) and not p.name.startswith("synthesize"))
 
 
 class GapLoss(PairLoss):
@@ -51,7 +54,7 @@ def demo_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("demo")
     proc = subprocess.run([sys.executable, "-m", "lit_pref", "fit", *demo_args(tmp, 6)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return tmp, tmp / "runs" / "demo" / "version_0"
 

@@ -121,3 +121,43 @@ def test_trajectory_mode_needs_a_scorer_and_positive_eta():
                            trajectory=TrajectorySettings(eta=0.0))
     with pytest.raises(ValueError, match="gamma"):
         DenseDiscountedDPO(DiffusionBackbone.tiny(), gamma=1.5)
+
+
+class Brightness:
+    """A programmatic reward: the mean pixel value. A global shift the LoRA can learn in a few updates."""
+
+    def score(self, images: torch.Tensor, prompts) -> torch.Tensor:
+        return images.mean(dim=(1, 2, 3))
+
+    __call__ = score
+
+
+def test_short_trajectory_run_raises_its_reward_beyond_chance(tmp_path):
+    """20 updates of the paper's setting (gamma 0.9) on the tiny model, the scorer ranking the collected chains;
+    then policy vs initial model on fresh noise (same noise for both). Under "training does not raise the
+    reward" each of the 64 paired samples wins with probability 1/2, so >= 52 wins has probability 2e-7.
+    Measured on 14 seeds (H100 host's CPU, 2 threads): 62-64 wins of 64; a flipped preference gives ~0."""
+    torch.manual_seed(0)
+    prompts = ["a photo of a cat", "a red car", "a tree", "a dog"]
+    model = DenseDiscountedDPO(
+        DiffusionBackbone(model="tiny", lora_rank=8), gamma=0.9, mode="trajectory", scorer=Brightness(),
+        num_inference_steps=10, guidance_scale=4.0,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0),
+        trajectory=TrajectorySettings(collect_every=20, rollouts_per_prompt=8, kept_per_prompt=5, buffer_capacity=64,
+                                      pairs_per_step=8, num_sampled_steps=3, beta=100.0, clip=1e-2))
+    Trainer(max_steps=20, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0, gradient_clip_val=1.0,
+            default_root_dir=tmp_path).fit(model, PromptDataModule(prompts=prompts, batch_size=4))
+
+    backbone = model.backbone.eval()
+    texts = [p for p in prompts for _ in range(16)]
+
+    def sample():
+        generators = [torch.Generator().manual_seed(50_000 + i) for i in range(len(texts))]
+        return backbone.sample(texts, num_inference_steps=10, guidance_scale=4.0, generator=generators)
+
+    policy = Brightness().score(sample(), texts)
+    with backbone.reference():
+        base = Brightness().score(sample(), texts)
+    wins = int((policy > base).sum())
+    assert wins >= 52, f"{wins} of 64 paired samples brighter than the initial model's"

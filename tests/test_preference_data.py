@@ -14,10 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, SequentialSampler
 
 from datamodules import (
     BadRowError,
+    EpochSampler,
     PreferencePairDataModule,
     PreferencePairDataset,
     SyntheticPreferenceDataModule,
@@ -469,7 +470,7 @@ def test_val_split_is_deterministic_disjoint_and_complete(tmp_path):
     assert split(1)[2] != val
 
     train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
-    assert isinstance(train_loader.sampler, RandomSampler) and not train_loader.drop_last
+    assert isinstance(train_loader.sampler, EpochSampler) and train_loader.sampler.shuffle and not train_loader.drop_last
     assert isinstance(val_loader.sampler, SequentialSampler)
     val_batches = list(val_loader)
     assert [c for b in val_batches for c in b["captions"]] == val

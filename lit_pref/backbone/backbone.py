@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
 from diffusers.utils.torch_utils import randn_tensor
 from peft import LoraConfig
@@ -30,7 +32,7 @@ from lit_pref.backbone.tiny import build_tiny_components
 from lit_pref.backbone.tokenizer import write_bpe_files
 from lit_pref.io import atomic_dir
 
-PRESETS = {"tiny": "sd", "tiny-sdxl": "sdxl"}
+PRESETS = {"tiny": "sd", "tiny-sdxl": "sdxl", "small": "small", "sd15": "sd15"}  # built from config
 TOY_PIPELINE = Path(__file__).resolve().parents[1] / "assets" / "toy" / "pipeline"  # pre-trained, shipped
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -74,6 +76,7 @@ class DiffusionBackbone(nn.Module):
         vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         prediction_type: Literal["epsilon", "v_prediction"] | None = None,
         gradient_checkpointing: bool = False,
+        compile_unet: bool = False,
         revision: str | None = None,
         variant: str | None = None,
         seed: int = 0,
@@ -81,7 +84,8 @@ class DiffusionBackbone(nn.Module):
         """
         Args:
             model: ``"toy"`` (the shipped toy-world model, pre-trained on coloured shapes at 32 px),
-                ``"tiny"`` / ``"tiny-sdxl"`` (random weights built from config, for tests), a hub
+                ``"tiny"`` / ``"tiny-sdxl"`` (random weights built from config, for tests), ``"small"`` / ``"sd15"``
+                (random-weight benchmark presets: an SD-like 80M-parameter UNet, the SD1.5 architecture), a hub
                 id such as ``runwayml/stable-diffusion-v1-5`` or ``stabilityai/stable-diffusion-xl-base-1.0``,
                 or a local diffusers pipeline folder (SD1.x, SD2.x or SDXL layout).
             lora_rank: Rank r of the LoRA adapters on the UNet.
@@ -96,7 +100,11 @@ class DiffusionBackbone(nn.Module):
             vae_dtype: Storage dtype of the VAE; float32 by default (fp16 VAEs produce NaNs).
             prediction_type: Override the scheduler's prediction type (``None``: read it from the model).
                 The tiny presets use it to build a v-prediction model.
-            gradient_checkpointing: Recompute UNet activations in the backward pass to save memory.
+            gradient_checkpointing: Recompute UNet activations in the backward pass to save memory (the SD recipes
+                turn it on; it costs about one more UNet forward per step).
+            compile_unet: Compile the UNet with ``torch.compile`` (in place, so parameter names and checkpoints do not
+                change). It compiles at the first forward, and once more for the reference (adapters off); worth it
+                on a GPU for long runs.
             revision: Hub revision of ``model``.
             variant: Weight variant of ``model`` (e.g. ``"fp16"``).
             seed: Seed of the tiny presets' random weights (ignored for pretrained models).
@@ -144,6 +152,8 @@ class DiffusionBackbone(nn.Module):
             self.unet.add_adapter(self.lora_config)
         for param in self.lora_parameters():
             param.data = param.data.float()
+        if compile_unet:
+            self.unet.compile()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -205,20 +215,40 @@ class DiffusionBackbone(nn.Module):
             self.unet.enable_adapters()
 
     # ------------------------------------------------------------------ encoders
+    def _own_precision(self) -> torch.autocast:
+        """Frozen encoders run in their storage dtype, not under an outer autocast (the VAE stays float32)."""
+        return torch.autocast(self.device.type, enabled=False)
+
     @torch.no_grad()
-    def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents, sampled from the posterior."""
-        posterior = self.vae.encode(images.to(self.device, self.vae_dtype)).latent_dist
+    def encode_latent_dist(self, images: Tensor) -> Tensor:
+        """The VAE posterior of images in [-1, 1] (B, 3, H, W): its ``parameters`` (B, 2C, h, w), mean and
+        log-variance stacked along channels, in the VAE's dtype. What the encoding cache stores."""
+        with self._own_precision():
+            return self.vae.encode(images.to(self.device, self.vae_dtype)).latent_dist.parameters
+
+    @torch.no_grad()
+    def sample_latents(
+        self, latent_dist: Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> Tensor:
+        """Scaled latents drawn from a posterior given by :meth:`encode_latent_dist` (the same draw as
+        ``vae.encode(x).latent_dist.sample(generator)``; one generator, or one per image)."""
+        posterior = DiagonalGaussianDistribution(latent_dist.to(self.device, self.vae_dtype))
         latents = posterior.sample(generator=generator)
         shift = self.vae.config.get("shift_factor") or 0.0
         return ((latents - shift) * self.vae.config.scaling_factor).to(self.weight_dtype)
+
+    def encode_images(self, images: Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents, sampled from the posterior (with one
+        generator, or one per image)."""
+        return self.sample_latents(self.encode_latent_dist(images), generator=generator)
 
     @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> Tensor:
         """Decode scaled latents to images in [0, 1]."""
         shift = self.vae.config.get("shift_factor") or 0.0
         latents = latents.to(self.vae_dtype) / self.vae.config.scaling_factor + shift
-        return (self.vae.decode(latents).sample.float() / 2 + 0.5).clamp(0, 1)
+        with self._own_precision():
+            return (self.vae.decode(latents).sample.float() / 2 + 0.5).clamp(0, 1)
 
     def _token_ids(self, tokenizer: CLIPTokenizer, prompts: Sequence[str]) -> Tensor:
         return tokenizer(
@@ -230,6 +260,40 @@ class DiffusionBackbone(nn.Module):
         ).input_ids.to(self.device)
 
     @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> dict[str, Tensor]:
+        """The text encoders' outputs for B prompts, in the weight dtype: ``{"hidden": (B, 77, D)}``, and for SDXL
+        also ``"pooled": (B, P)`` (the second encoder's projected text embedding). What the encoding cache stores;
+        :meth:`conditioning` turns it into the UNet's conditioning."""
+        with self._own_precision():
+            if not self.is_sdxl:
+                hidden = self.text_encoder(self._token_ids(self.tokenizer, prompts))[0]
+                return {"hidden": hidden.to(self.weight_dtype)}
+            out1 = self.text_encoder(self._token_ids(self.tokenizer, prompts), output_hidden_states=True)
+            out2 = self.text_encoder_2(self._token_ids(self.tokenizer_2, prompts), output_hidden_states=True)
+            hidden = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
+            return {"hidden": hidden.to(self.weight_dtype), "pooled": out2.text_embeds.to(self.weight_dtype)}
+
+    def conditioning(
+        self,
+        text: dict[str, Tensor],
+        original_sizes: Tensor | None = None,
+        crop_top_left: Tensor | None = None,
+        target_size: tuple[int, int] | None = None,
+    ) -> Conditioning:
+        """The UNet's conditioning from :meth:`encode_text`'s output (SDXL: plus the micro-conditioning time ids;
+        arguments as in :meth:`encode_prompts`)."""
+        hidden = text["hidden"].to(self.device, self.weight_dtype)
+        if not self.is_sdxl:
+            return {"encoder_hidden_states": hidden}
+        batch = hidden.shape[0]
+        size = target_size or (self.default_resolution, self.default_resolution)
+        target = torch.tensor(size, device=self.device).expand(batch, 2)
+        original = target if original_sizes is None else original_sizes.to(self.device)
+        crops = torch.zeros_like(target) if crop_top_left is None else crop_top_left.to(self.device)
+        time_ids = torch.cat([original, crops, target], dim=1).to(self.weight_dtype)
+        pooled = text["pooled"].to(self.device, self.weight_dtype)
+        return {"encoder_hidden_states": hidden, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+
     def encode_prompts(
         self,
         prompts: Sequence[str],
@@ -249,22 +313,28 @@ class DiffusionBackbone(nn.Module):
             ``{"encoder_hidden_states": (B, 77, D)}``; SDXL adds ``"added_cond_kwargs"`` with the pooled
             ``text_embeds`` of the second encoder and the six micro-conditioning ``time_ids``.
         """
-        if not self.is_sdxl:
-            hidden = self.text_encoder(self._token_ids(self.tokenizer, prompts))[0]
-            return {"encoder_hidden_states": hidden.to(self.weight_dtype)}
-        out1 = self.text_encoder(self._token_ids(self.tokenizer, prompts), output_hidden_states=True)
-        out2 = self.text_encoder_2(self._token_ids(self.tokenizer_2, prompts), output_hidden_states=True)
-        hidden = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
-        batch = len(prompts)
-        size = target_size or (self.default_resolution, self.default_resolution)
-        target = torch.tensor(size, device=self.device).expand(batch, 2)
-        original = target if original_sizes is None else original_sizes.to(self.device)
-        crops = torch.zeros_like(target) if crop_top_left is None else crop_top_left.to(self.device)
-        time_ids = torch.cat([original, crops, target], dim=1).to(self.weight_dtype)
-        return {
-            "encoder_hidden_states": hidden.to(self.weight_dtype),
-            "added_cond_kwargs": {"text_embeds": out2.text_embeds.to(self.weight_dtype), "time_ids": time_ids},
-        }
+        return self.conditioning(self.encode_text(prompts), original_sizes, crop_top_left, target_size)
+
+    def encoder_fingerprint(self) -> str:
+        """A SHA-256 of everything the outputs of :meth:`encode_latent_dist` and :meth:`encode_text` depend on:
+        the VAE's and text encoders' configs, weights and dtypes, and the tokenizers. The encoding cache is keyed
+        by it, so changing any of them invalidates cached latents and embeddings."""
+        digest = hashlib.sha256()
+        parts = [("vae", self.vae), ("text_encoder", self.text_encoder), ("text_encoder_2", self.text_encoder_2)]
+        for name, module in parts:
+            if module is None:
+                continue
+            config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+            digest.update(f"{name}:{json.dumps(config, sort_keys=True, default=str)}".encode())
+            for key, tensor in module.state_dict().items():
+                tensor = tensor.detach().to("cpu").contiguous()
+                digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        for tokenizer in (self.tokenizer, self.tokenizer_2):
+            if tokenizer is not None:  # the fast tokenizer's JSON holds vocabulary, merges, normalizer, padding
+                digest.update(f"{type(tokenizer).__name__}:{tokenizer.model_max_length}".encode())
+                digest.update(tokenizer.backend_tokenizer.to_str().encode())
+        return digest.hexdigest()
 
     # ------------------------------------------------------------------ denoiser
     def predict(self, noisy_latents: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:

@@ -3,6 +3,9 @@
 from lit_pref.modules.base import LoRAModule
 from lit_pref.modules.dense_discounted_dpo import DenseDiscountedDPO
 from lit_pref.modules.rich_preference_dpo import RichPreferenceDPO
+from lit_pref.modules.reward_model import RewardModel
 from lit_pref.modules.trajectory_dpo import TrajectoryDPO, TrajectorySettings
+from lit_pref.modules.vca_ppo import VCAPPO, PPOSettings
 
-__all__ = ["DenseDiscountedDPO", "LoRAModule", "RichPreferenceDPO", "TrajectoryDPO", "TrajectorySettings"]
+__all__ = ["DenseDiscountedDPO", "LoRAModule", "PPOSettings", "RewardModel", "RichPreferenceDPO", "TrajectoryDPO",
+           "TrajectorySettings", "VCAPPO"]

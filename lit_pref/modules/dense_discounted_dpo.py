@@ -44,6 +44,8 @@ class DenseDiscountedDPO(TrajectoryDPO):
         mode: Literal["offline", "trajectory"] = "offline",
         scorer: Scorer | None = None,
         trajectory: TrajectorySettings = TrajectorySettings(),
+        max_nonfinite_steps: int = 10,
+        seed: int | None = None,
     ) -> None:
         """
         Args:
@@ -61,11 +63,15 @@ class DenseDiscountedDPO(TrajectoryDPO):
             mode: ``"offline"`` (preference pairs of images) or ``"trajectory"`` (sampled chains).
             scorer: Trajectory mode: the preference source (any ``lit_pref.rewards.Scorer``).
             trajectory: Trajectory-mode settings (paper defaults in METHODS.md §2).
+            max_nonfinite_steps: Optimizer steps with a NaN/inf loss that are skipped before training stops.
+            seed: Offline mode: seed of the per-pair draws (see TrajectoryDPO); ``None``: the run's
+                ``seed_everything`` seed.
         """
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
         super().__init__(backbone, loss, optimizer, scheduler, ties, proportion_empty_prompts, val_seed,
-                         num_inference_steps, guidance_scale, mode, "inference", scorer, trajectory)
+                         num_inference_steps, guidance_scale, mode, "inference", scorer, trajectory,
+                         max_nonfinite_steps, seed)
         self.gamma = gamma
 
     def step_weights(self, num_steps: int) -> Tensor:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
@@ -18,6 +21,7 @@ from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup, spread_ranks
 from lit_pref.rewards import Scorer
 
 TiesPolicy = Literal["drop", "keep_first", "raise"]
+Generators = torch.Generator | list[torch.Generator] | None  # one for the batch, or one per pair
 
 
 @dataclass
@@ -53,8 +57,13 @@ class TrajectoryDPO(LoRAModule):
     """Diffusion-DPO (Wallace et al. 2023) with LoRA adapters.
 
     Per pair: one timestep and one noise shared by winner and loser; winner and loser go through the
-    policy in one forward, and through the reference (adapters disabled, no grad) in another; the per-sample
-    denoising errors go to the injected ``loss`` (Diffusion-DPO by default).
+    policy in one forward, and through the reference (adapters disabled, in inference mode) in another; the
+    per-sample denoising errors go to the injected ``loss`` (Diffusion-DPO by default). With the
+    ``callbacks.EncodingCache`` callback the batches carry cached VAE posteriors and text embeddings instead of
+    images, and the frozen encoders do not run. In training, a pair's random draws (caption dropping, VAE
+    posterior samples, noise, timestep) come from its own generator seeded with ``(seed, epoch, the pair's
+    dataset index)`` (batches with ``indices``), so the batch size, gradient accumulation, the number of
+    processes and a restart from a checkpoint change none of them.
 
     Offline mode (``mode="offline"``): batches are those of ``datamodules.PreferencePairDataModule``:
     ``images_0``, ``images_1`` in [-1, 1], ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie),
@@ -86,6 +95,8 @@ class TrajectoryDPO(LoRAModule):
         timestep_grid: Literal["train", "inference"] = "train",
         scorer: Scorer | None = None,
         trajectory: TrajectorySettings = TrajectorySettings(),
+        max_nonfinite_steps: int = 10,
+        seed: int | None = None,
     ) -> None:
         """
         Args:
@@ -108,8 +119,12 @@ class TrajectoryDPO(LoRAModule):
             scorer: Trajectory mode: the preference source, any ``lit_pref.rewards.Scorer`` (a reward model,
                 or the toy world's hidden reward). Held as a plain attribute, never a registered submodule.
             trajectory: Trajectory-mode settings.
+            max_nonfinite_steps: Optimizer steps with a NaN/inf loss that are skipped (counted as
+                ``train/skipped_nonfinite``) before training stops with an error; 0 stops at the first.
+            seed: Seed of the per-pair draws in offline training (see above); ``None``: the run's
+                ``seed_everything`` seed (``PL_GLOBAL_SEED``), 0 without one.
         """
-        super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale)
+        super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale, max_nonfinite_steps)
         if not 0.0 <= proportion_empty_prompts <= 1.0:
             raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {proportion_empty_prompts}")
         if mode == "trajectory":
@@ -128,6 +143,7 @@ class TrajectoryDPO(LoRAModule):
         self.trajectory = trajectory
         self.buffer = ReplayBuffer(trajectory.buffer_capacity)
         self._collected_at: int | None = None
+        self.seed = seed
 
     # ------------------------------------------------------------------ pieces subclasses override
     def step_weights(self, num_steps: int) -> Tensor:
@@ -141,69 +157,111 @@ class TrajectoryDPO(LoRAModule):
         scheduler.set_timesteps(self.num_inference_steps)
         return scheduler.timesteps
 
-    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        """Offline-mode timesteps, one per pair, on the ``timestep_grid``."""
+    def sample_timesteps(self, batch_size: int, generator: Generators = None) -> Tensor:
+        """Offline-mode timesteps, one per pair, on the ``timestep_grid`` (drawn on the generator's device)."""
+        if isinstance(generator, list):
+            return torch.cat([self.sample_timesteps(1, g) for g in generator])
+        device = generator.device if generator is not None else self.device
         if self.timestep_grid == "train":
             num_train = self.backbone.noise_scheduler.config.num_train_timesteps
-            return torch.randint(0, num_train, (batch_size,), device=self.device, generator=generator)
-        weights = self.step_weights(self.num_inference_steps).to(self.device)
+            steps = torch.randint(0, num_train, (batch_size,), device=device, generator=generator)
+            return steps.to(self.device)
+        weights = self.step_weights(self.num_inference_steps).to(device)
         steps = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
-        return self.inference_timesteps().to(self.device)[steps]
+        return self.inference_timesteps().to(self.device)[steps.to(self.device)]
+
+    def pair_generators(self, indices: Tensor) -> list[torch.Generator]:
+        """One CPU generator per pair, seeded with ``(seed, epoch, index)``: a pair draws the same numbers in
+        whatever batch, process or restart it is trained."""
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return [
+            torch.Generator().manual_seed(int(np.random.SeedSequence([seed, self.current_epoch, i]).generate_state(1)[0]))
+            for i in indices.tolist()
+        ]
 
     # ------------------------------------------------------------------ batch handling
     def winners_and_losers(self, batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """Order each pair as (winner, loser) by ``label_0`` and apply the ties policy.
 
-        Returns the ordered pairs (``images_w``, ``images_l``, ``captions`` and the SDXL size keys, only
-        the kept pairs) and the number of ties dropped.
+        Returns the ordered pairs (``images_w``, ``images_l`` -- or ``latent_dists_w``, ``latent_dists_l`` and
+        ``text`` for a batch from the encoding cache -- ``captions`` and the SDXL size keys, only the kept pairs)
+        and the number of ties dropped.
         """
         label = batch["label_0"].to(self.device)
         tie = label == 0.5
         if self.ties == "raise" and bool(tie.any()):
             raise ValueError(f"batch has {int(tie.sum())} tie(s) (label_0 == 0.5) and ties='raise'")
         keep = ~tie if self.ties == "drop" else torch.ones_like(tie)
-        first_wins = (label >= 0.5).view(-1, 1, 1, 1)
-        images_0, images_1 = batch["images_0"], batch["images_1"]
-        pairs = {
-            "images_w": torch.where(first_wins, images_0, images_1)[keep],
-            "images_l": torch.where(first_wins, images_1, images_0)[keep],
-            "captions": [c for c, k in zip(batch["captions"], keep.tolist()) if k],
-        }
-        for key in ("original_sizes", "crop_top_left"):
+        first_wins = label >= 0.5
+        pairs: dict[str, Any] = {"captions": [c for c, k in zip(batch["captions"], keep.tolist()) if k]}
+        for name in ("images", "latent_dists"):
+            if f"{name}_0" in batch:
+                first, second = batch[f"{name}_0"].to(self.device), batch[f"{name}_1"].to(self.device)
+                wins = first_wins.view(-1, *[1] * (first.ndim - 1))
+                pairs[f"{name}_w"] = torch.where(wins, first, second)[keep]
+                pairs[f"{name}_l"] = torch.where(wins, second, first)[keep]
+        if "text" in batch:
+            pairs["text"] = {k: v.to(self.device)[keep] for k, v in batch["text"].items()}
+        for key in ("original_sizes", "crop_top_left", "indices"):
             if key in batch:
                 pairs[key] = batch[key].to(self.device)[keep]
         return pairs, int((~keep).sum())
 
     def denoising_errors(
-        self, pairs: dict[str, Any], generator: torch.Generator | None = None
+        self, pairs: dict[str, Any], generator: Generators = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-sample MSEs ``(e_w, e_l, r_w, r_l)`` of policy and reference, sharing t and noise per pair."""
+        """Per-sample MSEs ``(e_w, e_l, r_w, r_l)`` of policy and reference, sharing t and noise per pair.
+
+        Latents and text come from the encoding cache when the pairs carry them (``latent_dists_*``, ``text``),
+        else from the frozen VAE and text encoder; a cached posterior is sampled exactly as a fresh encoding is.
+        ``generator``: one for the batch, one per pair (pair i: winner's posterior sample, loser's, noise,
+        timestep, in that order), or ``None`` for the global RNG.
+        """
         backbone = self.backbone
-        images_w, images_l = pairs["images_w"], pairs["images_l"]
-        n = images_w.shape[0]
-        latents = backbone.encode_images(torch.cat([images_w, images_l]), generator=generator)
-        noise = torch.randn(latents[:n].shape, device=latents.device, dtype=latents.dtype, generator=generator)
+        per_image = generator + generator if isinstance(generator, list) else generator
+        if "latent_dists_w" in pairs:
+            latents = backbone.sample_latents(torch.cat([pairs["latent_dists_w"], pairs["latent_dists_l"]]), per_image)
+        else:
+            latents = backbone.encode_images(torch.cat([pairs["images_w"], pairs["images_l"]]), generator=per_image)
+        n = latents.shape[0] // 2
+        noise = randn_tensor(latents[:n].shape, generator=generator, device=latents.device, dtype=latents.dtype)
         noise = noise.repeat(2, 1, 1, 1)
         timesteps = self.sample_timesteps(n, generator).repeat(2)
         noisy = backbone.noise_scheduler.add_noise(latents, noise, timesteps)
         target = backbone.training_target(latents, noise, timesteps).float()
-        cond = backbone.encode_prompts(
-            pairs["captions"],
+        text = pairs["text"] if "text" in pairs else backbone.encode_text(pairs["captions"])
+        cond = backbone.conditioning(
+            text,
             original_sizes=pairs.get("original_sizes"),
             crop_top_left=pairs.get("crop_top_left"),
-            target_size=tuple(images_w.shape[-2:]),
+            target_size=tuple(s * backbone.vae_scale_factor for s in latents.shape[-2:]),
         )
         cond = repeat_conditioning(cond, 2)
         model_err = (backbone.predict(noisy, timesteps, cond).float() - target).pow(2).mean(dim=(1, 2, 3))
-        with torch.no_grad(), backbone.reference():
+        # The reference needs no graph: inference mode skips autograd's bookkeeping; the clone outside it makes a
+        # normal tensor, so any loss may save it for backward (an inference tensor cannot be).
+        with torch.inference_mode(), backbone.reference():
             ref_err = (backbone.predict(noisy, timesteps, cond).float() - target).pow(2).mean(dim=(1, 2, 3))
+        ref_err = ref_err.clone()
         return model_err[:n], model_err[n:], ref_err[:n], ref_err[n:]
 
-    def _drop_captions(self, captions: list[str]) -> list[str]:
+    def _drop_captions(self, captions: list[str], generators: list[torch.Generator] | None = None) -> list[str]:
         if self.proportion_empty_prompts == 0.0:
             return captions
-        drop = torch.rand(len(captions)) < self.proportion_empty_prompts
+        if generators is None:
+            draws = torch.rand(len(captions))
+        else:
+            draws = torch.cat([torch.rand(1, generator=g) for g in generators])
+        drop = draws < self.proportion_empty_prompts
         return ["" if d else c for c, d in zip(captions, drop.tolist())]
+
+    def _drop_cached_text(self, text: dict[str, Tensor], captions: list[str]) -> dict[str, Tensor]:
+        """Cached text embeddings with the rows of empty captions replaced by the empty prompt's embedding."""
+        empty = torch.tensor([c == "" for c in captions], device=self.device)
+        if not bool(empty.any()):
+            return text
+        blank = self.backbone.encode_text([""])
+        return {k: torch.where(empty.view(-1, *[1] * (v.ndim - 1)), blank[k].to(v.dtype), v) for k, v in text.items()}
 
     # ------------------------------------------------------------------ trajectory mode
     @torch.no_grad()
@@ -253,8 +311,9 @@ class TrajectoryDPO(LoRAModule):
         for k in steps.unique().tolist():
             step = (latents[:, k], timesteps[k].to(self.device), latents[:, k + 1])
             logp_theta[:, k] = backbone.step_log_prob(*step, **args)
-            with torch.no_grad(), backbone.reference():
-                logp_init[:, k] = backbone.step_log_prob(*step, **args)
+            with torch.inference_mode(), backbone.reference():
+                logp_init_k = backbone.step_log_prob(*step, **args)
+            logp_init[:, k] = logp_init_k
         return logp_theta, logp_init
 
     def trajectory_step(self, batch: dict[str, Any]) -> Tensor:
@@ -285,15 +344,20 @@ class TrajectoryDPO(LoRAModule):
             self.log_lr()
             return self.trajectory_step(batch)
         pairs, dropped = self.winners_and_losers(batch)
-        self.log("train/ties_dropped", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum")
-        self.log("data/skipped_rows", float(batch.get("num_skipped", 0)), on_step=False, on_epoch=True, reduce_fx="sum")
+        # epoch totals over all processes (synchronised once, at the epoch's end)
+        self.log("train/ties_dropped", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
+        self.log("data/skipped_rows", float(batch.get("num_skipped", 0)), on_step=False, on_epoch=True, reduce_fx="sum",
+                 sync_dist=True)
         self.log_lr()
         n = len(pairs["captions"])
         if n == 0:
             # Nothing to learn from, but every rank must still run backward (DDP would hang otherwise).
             return sum(p.sum() for p in self.trainable_parameters()) * 0.0
-        pairs["captions"] = self._drop_captions(pairs["captions"])
-        loss, stats = self.loss(*self.denoising_errors(pairs))
+        generators = self.pair_generators(pairs["indices"]) if "indices" in pairs else None
+        pairs["captions"] = self._drop_captions(pairs["captions"], generators)
+        if "text" in pairs:
+            pairs["text"] = self._drop_cached_text(pairs["text"], pairs["captions"])
+        loss, stats = self.loss(*self.denoising_errors(pairs, generators))
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=n)
         return loss

@@ -42,13 +42,15 @@ def load_open_clip(model: str | nn.Module, pretrained: str | None, device: str |
 
 
 def clip_preprocess(images: Tensor, cfg: dict[str, Any]) -> Tensor:
-    """open_clip's eval transform on tensors, batched: resize (shorter side), centre crop, normalise.
+    """open_clip's eval transform on tensors, batched: resize, centre crop (or pad), normalise. Differentiable.
 
     Args:
         images: ``[B, 3, H, W]`` float in ``[0, 1]``.
         cfg: A preprocess config as returned by :func:`load_open_clip` (``size`` int or ``(h, w)``,
             ``mean``, ``std``, ``interpolation`` in ``{"bicubic", "bilinear"}``, ``resize_mode`` in
-            ``{"shortest", "squash"}``).
+            ``{"shortest", "squash", "longest"}``: shorter side to ``size`` then centre crop; both sides to
+            ``size``; or longer side to ``size`` then zero padding (black) centred to ``size``, HPSv2's
+            ``ResizeMaxSize``).
 
     Returns:
         ``[B, 3, h, w]`` normalised pixels, float32.
@@ -69,12 +71,20 @@ def clip_preprocess(images: Tensor, cfg: dict[str, Any]) -> Tensor:
         side = max(th, tw)
         new_long = int(side * long / short)
         new = (side, new_long) if h <= w else (new_long, side)
+    elif resize_mode == "longest":
+        # HPSv2's ResizeMaxSize: the longer side becomes `size`, the other one is rounded proportionally.
+        scale = min(th / h, tw / w)
+        new = (round(h * scale), round(w * scale))
     else:
         raise ValueError(f"unsupported resize_mode {resize_mode!r}")
     if (h, w) != tuple(new):
         # No clamp: same as open_clip's own transform (torchvision Resize) applied to a float tensor.
         x = F.interpolate(x, size=new, mode=mode, align_corners=False, antialias=True)
     h, w = x.shape[-2:]
+    if resize_mode == "longest" and (h, w) != (th, tw):
+        # Zeros before normalisation, the smaller half of the padding left/top (ResizeMaxSize's F.pad).
+        x = F.pad(x, ((tw - w) // 2, tw - w - (tw - w) // 2, (th - h) // 2, th - h - (th - h) // 2))
+        h, w = th, tw
     top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
     x = x[..., top:top + th, left:left + tw]
     mean = torch.tensor(cfg["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

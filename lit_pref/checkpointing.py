@@ -1,0 +1,52 @@
+"""Checkpoint files written atomically, and the trainable weights read back from a file or a DeepSpeed folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
+
+from lit_pref.io import atomic_file
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, writing each local checkpoint to a partial file beside its destination, flushing
+    it to disk and renaming it over the destination, so a killed run leaves either the old or the new checkpoint.
+
+    Lightning's own save writes into the system's temporary folder and moves the file into place: across file
+    systems that move is a copy that a kill can cut short. Partial files are named so that ``ckpt_path="last"``
+    never takes one (see :mod:`lit_pref.io`). Remote paths (``s3://...``) go to Lightning's implementation.
+    ``python -m lit_pref`` uses this IO unless the config names another ``CheckpointIO`` plugin.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def trainable_state_dict(checkpoint: str | os.PathLike) -> dict[str, Tensor]:
+    """The trainable weights of a checkpoint, keyed like the LightningModule's parameters.
+
+    Args:
+        checkpoint: A Lightning ``.ckpt`` file (its ``state_dict``, the LoRA weights for a ``LoRAModule``) or a
+            DeepSpeed checkpoint folder (ZeRO-2 or -3; its partitions merged to fp32, as DeepSpeed's
+            ``zero_to_fp32`` does, in this process, without a process group).
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(path)))
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]

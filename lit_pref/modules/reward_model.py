@@ -1,0 +1,142 @@
+"""RewardModel: VCA's "DPO-trained reward model", a head on frozen open_clip features trained on preference pairs
+with the Bradley-Terry loss (METHODS.md §4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lit_pref.losses.bradley_terry import bradley_terry_loss
+from lit_pref.rewards.clip_score import clip_preprocess, load_open_clip
+from lit_pref.rewards.reward_model import RewardHead, clip_tokenizer, resolve_clip, save_reward_model
+
+
+class RewardModel(LightningModule):
+    """Trains a :class:`~lit_pref.rewards.reward_model.RewardHead` on frozen open_clip image and text embeddings.
+
+    Batches are those of ``datamodules.PreferencePairDataModule`` / ``ToyPreferenceDataModule``: ``images_0``,
+    ``images_1`` in [-1, 1], ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie) and ``captions``. Per pair
+    the loss is ``-logsigmoid(beta * (s_w - s_l))``, averaged over the batch; logged as ``train/loss``,
+    ``train/accuracy`` (s_w > s_l), ``train/margin``, ``train/ties_dropped`` and ``val/*`` alike.
+
+    At the end of fit the head and the name of its CLIP are saved to ``export_dir`` (default
+    ``<log_dir>/reward_model``), the folder ``lit_pref.rewards.RewardModelScorer`` loads. Lightning checkpoints
+    hold the head only (CLIP is frozen and named by the config).
+    """
+
+    def __init__(
+        self,
+        clip_model: str = "ViT-L-14",
+        clip_pretrained: str | None = "openai",
+        hidden_dim: int = 256,
+        beta: float = 1.0,
+        ties: Literal["drop", "keep_first", "raise"] = "drop",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        export_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            clip_model: The frozen open_clip model: a name (``"ViT-L-14"``), ``"toy"`` (the shipped toy CLIP), a
+                ``local-dir:`` folder or an ``hf-hub:`` id.
+            clip_pretrained: Pretrained tag or checkpoint of ``clip_model`` (``None`` for folders and ``"toy"``).
+            hidden_dim: Width of the head's hidden layer; 0 for a linear head.
+            beta: Scale of the score difference in the Bradley-Terry loss.
+            ties: Pairs with ``label_0 == 0.5``: ``drop`` (counted as ``train/ties_dropped``), ``keep_first``
+                (image 0 as winner), or ``raise``.
+            optimizer: Optimizer factory, called with the head's parameters.
+            export_dir: Folder the trained reward model is saved to at the end of fit; ``None`` =
+                ``<trainer.log_dir>/reward_model``.
+        """
+        super().__init__()
+        self.clip_model = clip_model
+        self.clip_pretrained = clip_pretrained
+        model, pretrained = resolve_clip(clip_model, clip_pretrained)
+        self.clip, self.preprocess_cfg = load_open_clip(model, pretrained, "cpu")
+        self.tokenizer = clip_tokenizer(model)
+        embed_dim = int(self.clip.encode_text(self.tokenizer([""])).shape[-1])
+        self.head = RewardHead(embed_dim, hidden_dim)
+        self.beta = beta
+        self.ties = ties
+        self.optimizer = optimizer
+        self.export_dir = export_dir
+        self.strict_loading = False  # checkpoints hold the head only
+
+    def train(self, mode: bool = True) -> RewardModel:
+        """The frozen CLIP stays in eval mode."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def configure_optimizers(self) -> Any:
+        return self.optimizer(list(self.head.parameters()))
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def embed(self, images: Tensor, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """L2-normalised CLIP embeddings of images in [0, 1] (B, 3, H, W) and their captions."""
+        e_i = self.clip.encode_image(clip_preprocess(images.to(self.device), self.preprocess_cfg), normalize=True)
+        e_t = self.clip.encode_text(self.tokenizer(captions).to(self.device), normalize=True)
+        return e_i.float(), e_t.float()
+
+    def forward(self, images: Tensor, captions: list[str]) -> Tensor:
+        """(B,) scores of images in [0, 1] and their captions (gradients reach the head only)."""
+        return self.head(*self.embed(images, captions))
+
+    def winners_and_losers(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, list[str], int]:
+        """``(images_w, images_l, captions, ties_dropped)`` in [0, 1], ordered by ``label_0`` per the ties policy."""
+        label = batch["label_0"].to(self.device)
+        tie = label == 0.5
+        if self.ties == "raise" and bool(tie.any()):
+            raise ValueError(f"batch has {int(tie.sum())} tie(s) (label_0 == 0.5) and ties='raise'")
+        keep = ~tie if self.ties == "drop" else torch.ones_like(tie)
+        first = (label >= 0.5).view(-1, 1, 1, 1)
+        images_0, images_1 = (batch[k].to(self.device) / 2 + 0.5 for k in ("images_0", "images_1"))
+        captions = [c for c, k in zip(batch["captions"], keep.tolist()) if k]
+        return (torch.where(first, images_0, images_1)[keep], torch.where(first, images_1, images_0)[keep],
+                captions, int((~keep).sum()))
+
+    def _step(self, batch: dict[str, Any], stage: str) -> Tensor:
+        images_w, images_l, captions, dropped = self.winners_and_losers(batch)
+        if stage == "train":
+            self.log("train/ties_dropped", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum")
+        n = len(captions)
+        if n == 0:  # nothing to learn from, but every rank must still run backward (DDP would hang otherwise)
+            return sum(p.sum() for p in self.head.parameters()) * 0.0
+        scores = self(torch.cat([images_w, images_l]), captions * 2)
+        loss, stats = bradley_terry_loss(scores[:n], scores[n:], self.beta)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=stage != "train")
+        self.log_dict({f"{stage}/{k}": v for k, v in stats.items()}, batch_size=n, sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the folder ``lit_pref.rewards.RewardModelScorer`` loads (``config.json``, ``head.safetensors``)."""
+        return save_reward_model(directory, self.head, self.clip_model, self.clip_pretrained)
+
+    def on_fit_end(self) -> None:
+        if self.export_dir is not None:
+            directory = Path(self.export_dir)
+        else:
+            directory = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "reward_model"
+        if self.trainer.is_global_zero:
+            self.save_pretrained(directory)
+            rank_zero_info(f"reward model saved to {directory}")
+        self.trainer.strategy.barrier("reward_model_export")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("head.")}

@@ -1,0 +1,271 @@
+"""VCAPPO: Visual Co-Adaptation (arXiv 2504.18204), multi-round dialogues with PPO on the LoRA weights
+(METHODS.md §4)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from datamodules.dialogues import Dialogue, Turn
+from lit_pref.backbone import DiffusionBackbone
+from lit_pref.backbone.backbone import Conditioning
+from lit_pref.backbone.ddim_logprob import Trajectory
+from lit_pref.losses.ppo import ppo_clip_loss
+from lit_pref.modules.base import LoRAModule
+from lit_pref.rewards import Scorer
+from lit_pref.rewards.stat_tracking import PerPromptStatTracker
+from lit_pref.rewards.vca import TERMS, VCAReward
+from lit_pref.vca.dialogue_users import DialogueUsers
+from lit_pref.vca.refiner import PromptRefiner, TemplateRefiner
+
+
+@dataclass
+class PPOSettings:
+    """The policy-gradient settings (DDPO, kvablack/ddpo-pytorch; METHODS.md §4).
+
+    Args:
+        num_images: K, images sampled per prompt and round.
+        eta: DDIM eta of the sampled chains (> 0; ddpo: 1.0).
+        clip_range: PPO ratio clip eps_clip (ddpo: 1e-4).
+        adv_clip: Advantage clamp (ddpo: 5).
+        kl_coef: Weight of the KL-to-reference penalty (0: none).
+        inner_epochs: Passes over a round's samples (ddpo: 1).
+        minibatch_size: Samples per optimizer step (the samples of a round are shuffled, then split).
+        step_fraction: Share of the chain's steps trained on per minibatch, drawn at random (ddpo's
+            ``timestep_fraction``: 1.0); the steps' gradients are accumulated into one optimizer step.
+        max_grad_norm: Gradient-norm clip of each optimizer step (ddpo: 1.0).
+        buffer_size: Rewards kept per prompt by the advantage tracker (ddpo: 16).
+        min_count: Rewards a prompt needs before its own statistics replace the batch's (ddpo: 16).
+    """
+
+    num_images: int = 4
+    eta: float = 1.0
+    clip_range: float = 1e-4
+    adv_clip: float = 5.0
+    kl_coef: float = 0.0
+    inner_epochs: int = 1
+    minibatch_size: int = 4
+    step_fraction: float = 1.0
+    max_grad_norm: float = 1.0
+    buffer_size: int = 16
+    min_count: int = 16
+
+
+def _rows(cond: Conditioning, index: Tensor) -> Conditioning:
+    """The rows ``index`` of a conditioning."""
+    out = {"encoder_hidden_states": cond["encoder_hidden_states"][index]}
+    if "added_cond_kwargs" in cond:
+        out["added_cond_kwargs"] = {k: v[index] for k, v in cond["added_cond_kwargs"].items()}
+    return out
+
+
+class VCAPPO(LoRAModule):
+    """Multi-round co-adaptation: each batch of dialogues is played for ``num_rounds`` rounds, with a PPO update
+    of the LoRA weights after every round.
+
+    Batches are ``list[Dialogue]`` from ``datamodules.DialogueDataModule``; of a dialogue only its initial prompt
+    and its user (made by ``users``, who knows what the dialogue's user wanted) are used: the dialogue is played
+    live. Round t of a batch of G dialogues:
+
+    1. sample K images of each dialogue's prompt P_t from the policy (DDIM, eta > 0, guidance), keeping every
+       latent and the log-prob of every step;
+    2. R_total(t) with ``reward`` (diversity, consistency with the image chosen in round t-1, mutual information,
+       preference; weights of round t), advantages from a per-prompt stat tracker;
+    3. PPO: ``inner_epochs`` passes over the round's samples in minibatches, the clipped loss over the stored
+       steps (their log-probs recomputed under the current weights), one optimizer step per minibatch;
+    4. each user chooses one of its K images (carried into round t+1's consistency term) and writes feedback,
+       which ``refiner`` turns into P_{t+1}.
+
+    Logged once per round (at the current optimizer step): ``train/round``, ``train/reward_total``,
+    ``train/reward_<term>``, ``train/weight_<term>``, ``train/loss``, ``train/approx_kl``, ``train/clipfrac``,
+    ``train/ratio_mean``, ``train/satisfied`` (share of users satisfied with their chosen image), ``train/lr``,
+    ``train/hidden_reward`` (with ``hidden_reward``: its score of the round's images against each user's
+    ``target_caption``); once per batch ``train/rounds_to_target`` (the first round whose chosen image satisfied
+    the user, ``num_rounds + 1`` when none did) and ``train/success_rate``. Validation dialogues are played the
+    same way without updates and logged as ``val/*``. Uses manual optimization; the stat tracker is not
+    checkpointed.
+    """
+
+    def __init__(
+        self,
+        backbone: DiffusionBackbone,
+        reward: VCAReward,
+        users: DialogueUsers,
+        refiner: PromptRefiner = lazy_instance(TemplateRefiner),
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        num_rounds: int = 5,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        ppo: PPOSettings = PPOSettings(),
+        hidden_reward: Scorer | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: The diffusion model with LoRA adapters (the policy).
+            reward: The VCA-style reward terms and their weight schedule (``lit_pref.rewards.VCAReward``).
+            users: Makes each dialogue's simulated user (``lit_pref.vca.dialogue_users.ToyDialogueUsers`` on the
+                toy world).
+            refiner: Turns (P_t, feedback, history) into P_{t+1}.
+            optimizer: Optimizer factory, called with the LoRA parameters only.
+            scheduler: Learning-rate scheduler factory, stepped every optimizer step; ``None`` = constant.
+            num_rounds: T, rounds played per dialogue.
+            num_inference_steps: DDIM steps of every sampled chain (ddpo: 50).
+            guidance_scale: Classifier-free guidance scale of the sampled chains (ddpo: 5.0).
+            ppo: Policy-gradient settings.
+            hidden_reward: A ground-truth scorer to log (not trained on), scored against each user's
+                ``target_caption`` (``lit_pref.rewards.ToyGroundTruthReward`` on the toy world).
+        """
+        super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale)
+        if num_rounds < 1:
+            raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+        if not ppo.eta > 0:
+            raise ValueError(f"ppo.eta must be > 0 (the chains need log-probs), got {ppo.eta}")
+        if ppo.num_images < 2:
+            raise ValueError(f"ppo.num_images must be >= 2 (the user chooses among them), got {ppo.num_images}")
+        if ppo.inner_epochs < 1 or ppo.minibatch_size < 1 or not 0 < ppo.step_fraction <= 1:
+            raise ValueError(f"need inner_epochs >= 1, minibatch_size >= 1 and 0 < step_fraction <= 1, got {ppo}")
+        self.automatic_optimization = False
+        self.reward = reward  # plain attributes, never registered submodules
+        self.users = users
+        self.refiner = refiner
+        self.hidden_reward = hidden_reward
+        self.num_rounds = num_rounds
+        self.ppo = ppo
+        self.tracker = PerPromptStatTracker(ppo.buffer_size, ppo.min_count)
+
+    # ------------------------------------------------------------------ sampling and log-probs
+    @torch.no_grad()
+    def collect(self, prompts: list[str]) -> Trajectory:
+        """K chains per prompt from the current policy (eval mode), image ``g * K + k`` of prompt ``g``."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        texts = [p for p in prompts for _ in range(self.ppo.num_images)]
+        traj = self.backbone.sample(texts, num_inference_steps=self.num_inference_steps,
+                                    guidance_scale=self.guidance_scale, eta=self.ppo.eta, return_trajectory=True)
+        self.backbone.train(was_training)
+        return traj
+
+    def conditioning(self, traj: Trajectory) -> tuple[Conditioning, Conditioning]:
+        """The text conditioning and unconditional conditioning of a trajectory's rows, as sampling made them."""
+        size = (traj.images.shape[-2], traj.images.shape[-1])
+        cond = self.backbone.encode_prompts(traj.prompts, target_size=size)
+        negative = self.backbone.encode_prompts([traj.negative_prompt] * len(traj.prompts), target_size=size)
+        return cond, negative
+
+    def step_log_probs(self, traj: Trajectory, rows: Tensor, step: int, cond: Conditioning,
+                       negative: Conditioning) -> Tensor:
+        """Log-probs (with grad) of step ``step`` of the chains ``rows`` under the current weights."""
+        return self.backbone.step_log_prob(
+            traj.latents[rows, step], traj.timesteps[step], traj.latents[rows, step + 1], _rows(cond, rows),
+            traj.guidance_scale, traj.eta, traj.num_steps, negative_cond=_rows(negative, rows))
+
+    # ------------------------------------------------------------------ PPO
+    def ppo_update(self, traj: Trajectory, advantages: Tensor) -> dict[str, float]:
+        """``inner_epochs`` passes of clipped PPO over a round's chains; the mean statistics of every step."""
+        settings = self.ppo
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        cond, negative = self.conditioning(traj)
+        n, num_steps = traj.log_probs.shape
+        steps_per_batch = max(1, math.ceil(settings.step_fraction * num_steps))
+        advantages = advantages.to(self.device)
+        totals: dict[str, float] = {}
+        count = 0
+        for _ in range(settings.inner_epochs):
+            for rows in torch.randperm(n, device=self.device).split(settings.minibatch_size):
+                steps = torch.randperm(num_steps)[:steps_per_batch].sort().values.tolist()
+                for k in steps:
+                    logp_new = self.step_log_probs(traj, rows, k, cond, negative)
+                    logp_ref = None
+                    if settings.kl_coef > 0:
+                        with torch.no_grad(), self.backbone.reference():
+                            logp_ref = self.step_log_probs(traj, rows, k, cond, negative)
+                    loss, stats = ppo_clip_loss(logp_new, traj.log_probs[rows, k], advantages[rows],
+                                                settings.clip_range, settings.adv_clip, logp_ref, settings.kl_coef)
+                    self.manual_backward(loss / len(steps))
+                    totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+                    for key, value in stats.items():
+                        totals[key] = totals.get(key, 0.0) + float(value)
+                    count += 1
+                self.clip_gradients(optimizer, gradient_clip_val=settings.max_grad_norm,
+                                    gradient_clip_algorithm="norm")
+                optimizer.step()
+                optimizer.zero_grad()
+                if scheduler is not None:
+                    scheduler.step()
+        return {key: value / count for key, value in totals.items()}
+
+    # ------------------------------------------------------------------ dialogues
+    def play(self, dialogues: list[Dialogue], update: bool, stage: str = "train") -> dict[str, Any]:
+        """Play ``num_rounds`` rounds of each dialogue (with PPO updates when ``update``) and log every round.
+
+        Returns:
+            ``{"rounds": [metrics of each round], "rounds_to_target": [per dialogue], "dialogues": [the played
+            dialogues as ``Dialogue`` objects, one ``Turn`` per round with prompt, feedback and satisfaction]}``.
+        """
+        users = [self.users(d) for d in dialogues]
+        targets = [getattr(user, "target_caption", None) for user in users]
+        if self.hidden_reward is not None and None in targets:
+            bad = dialogues[targets.index(None)].dialogue_id
+            raise ValueError(f"hidden_reward needs users with a target_caption; dialogue {bad!r}'s user has none")
+        prompts = [d.initial_prompt for d in dialogues]
+        histories: list[list[Turn]] = [[] for _ in dialogues]
+        first_satisfied: list[int | None] = [None] * len(dialogues)
+        previous: Tensor | None = None
+        records = []
+        g, k = len(dialogues), self.ppo.num_images
+        for t in range(1, self.num_rounds + 1):
+            traj = self.collect(prompts)
+            images = traj.images.view(g, k, *traj.images.shape[1:])
+            total, terms, weights = self.reward(images, prompts, t, previous)
+            metrics = {"round": float(t), "reward_total": total.mean().item()}
+            metrics.update({f"reward_{name}": terms[name].mean().item() for name in TERMS})
+            metrics.update({f"weight_{name}": weights[name] for name in TERMS})
+            if self.hidden_reward is not None:
+                texts = [target for target in targets for _ in range(k)]
+                metrics["hidden_reward"] = self.hidden_reward.score(traj.images, texts).float().mean().item()
+            if update:
+                advantages = self.tracker.update(traj.prompts, total.flatten())
+                metrics.update(self.ppo_update(traj, advantages))
+                if self.trainer.optimizers:
+                    metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+            chosen = []
+            for i, user in enumerate(users):
+                choice = user.choose(images[i], prompts[i])
+                image = images[i, choice]
+                feedback = user.feedback(image, prompts[i])
+                if first_satisfied[i] is None and user.satisfied(image):
+                    first_satisfied[i] = t
+                histories[i].append(Turn(round=t, user_feedback=feedback, prompt=prompts[i],
+                                         satisfaction=user.satisfaction(image)))
+                chosen.append(image)
+                prompts[i] = self.refiner.refine(prompts[i], feedback, histories[i])
+            metrics["satisfied"] = sum(s is not None and s <= t for s in first_satisfied) / g
+            previous = self.reward.embed_images(torch.stack(chosen))
+            self._log_now({f"{stage}/{key}": value for key, value in metrics.items()})
+            records.append(metrics)
+        rounds_to_target = [s if s is not None else self.num_rounds + 1 for s in first_satisfied]
+        self._log_now({f"{stage}/rounds_to_target": sum(rounds_to_target) / g,
+                       f"{stage}/success_rate": sum(s is not None for s in first_satisfied) / g})
+        played = [Dialogue(d.dialogue_id, d.initial_prompt, h, d.category) for d, h in zip(dialogues, histories)]
+        return {"rounds": records, "rounds_to_target": rounds_to_target, "dialogues": played}
+
+    def _log_now(self, metrics: dict[str, float]) -> None:
+        """Write metrics to every logger at the current optimizer step (one point per round, not per batch)."""
+        if self._trainer is None:
+            return
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch: list[Dialogue], batch_idx: int) -> None:
+        self.play(batch, update=True, stage="train")
+
+    def validation_step(self, batch: list[Dialogue], batch_idx: int) -> None:
+        self.play(batch, update=False, stage="val")

@@ -1,0 +1,465 @@
+"""``python -m lit_pref interact``: the interactive co-adaptation tool, a local web page or a terminal session.
+
+A person types a prompt and sees K images; picks one and writes feedback; the refiner proposes the next prompt
+(editable); and so on until "finish", which appends the session to ``--output`` as one dialogue line
+(:mod:`datamodules.dialogues`), so it becomes training data. Every round's images are written as PNG files to
+``<output stem>_images/<dialogue id>/r<round>_<k>.png`` beside the output file when they are generated.
+
+The web server (standard library ``http.server``) listens on localhost only and answers requests whose ``Host``
+header names localhost only (DNS rebinding); its POST endpoints take and return JSON (``Content-Type:
+application/json`` is required, so another web site cannot post a plain form to them):
+
+- ``GET /``: the page (:mod:`lit_pref.vca.page`).
+- ``POST /api/start`` ``{"prompt", "category"?}`` -> ``{"session_id", "round": 1, "prompt", "images"}``
+  (``images``: K PNG data URIs).
+- ``POST /api/choose`` ``{"session_id", "chosen", "feedback", "satisfaction"?}`` -> ``{"round", "next_prompt"}``:
+  records the round and refines the prompt.
+- ``POST /api/next`` ``{"session_id", "prompt"}`` -> ``{"session_id", "round", "prompt", "images"}``.
+- ``POST /api/finish`` ``{"session_id", "chosen"?, "feedback"?, "satisfaction"?}`` -> ``{"dialogue_id", "rounds",
+  "path"}``: records a round not yet chosen from (with ``chosen`` when given, else with its images and no choice),
+  appends the dialogue and closes the session.
+
+Errors answer ``{"error": message}`` with status 400 (bad request), 403 (foreign host), 404 or 415.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from PIL import Image
+from torch import Tensor
+
+from datamodules.dialogues import Dialogue, Turn, append_dialogue
+from lit_pref.backbone import DiffusionBackbone
+from lit_pref.backbone.backbone import lora_config
+from lit_pref.io import atomic_file
+from lit_pref.vca.page import PAGE
+from lit_pref.vca.refiner import PromptRefiner
+
+__all__ = ["LOCAL_HOSTS", "RequestError", "Session", "Studio", "main", "make_server", "parse_args", "run_terminal",
+           "studio_from_args"]
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+_MAX_BODY = 1 << 20
+
+
+class RequestError(ValueError):
+    """A request the tool cannot carry out; the message is shown to the person."""
+
+
+@dataclass
+class Session:
+    """One dialogue in progress.
+
+    Attributes:
+        dialogue_id: Id of the dialogue it becomes.
+        initial_prompt: The first prompt.
+        category: Optional label saved with the dialogue.
+        turns: The rounds recorded so far.
+        pending: The round shown but not yet chosen from: ``(prompt, image paths, images [K, 3, H, W])``.
+    """
+
+    dialogue_id: str
+    initial_prompt: str
+    category: str | None = None
+    turns: list[Turn] = field(default_factory=list)
+    pending: tuple[str, list[str], Tensor] | None = None
+
+    @property
+    def round(self) -> int:
+        """The number of the round being shown (pending) or generated next."""
+        return len(self.turns) + 1
+
+
+class Studio:
+    """Generates rounds, records choices and feedback, refines prompts and saves dialogues (thread-safe).
+
+    Args:
+        backbone: The text-to-image model (with its LoRA, if any).
+        refiner: Turns a prompt and the feedback on it into the next prompt.
+        output: The dialogue JSONL file sessions are appended to.
+        num_images: Images per round (K).
+        num_inference_steps: DDIM steps.
+        guidance_scale: Classifier-free guidance scale.
+        eta: DDIM eta (0: deterministic given the seed).
+        seed: Seed of the first round; every later generation uses the next seed.
+        category: Label saved with dialogues whose start request gives none.
+    """
+
+    def __init__(
+        self,
+        backbone: DiffusionBackbone,
+        refiner: PromptRefiner,
+        output: str | Path,
+        num_images: int = 4,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 4.0,
+        eta: float = 0.0,
+        seed: int = 0,
+        category: str | None = None,
+    ) -> None:
+        if num_images < 1:
+            raise ValueError(f"num_images must be at least 1, got {num_images}")
+        self.backbone = backbone.eval()
+        self.refiner = refiner
+        self.output = Path(output)
+        self.image_root = self.output.parent / f"{self.output.stem}_images"
+        self.num_images = num_images
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.eta = eta
+        self.next_seed = seed
+        self.category = category
+        self.sessions: dict[str, Session] = {}
+        self.lock = threading.Lock()
+
+    def _session(self, session_id: Any) -> Session:
+        if session_id not in self.sessions:
+            raise RequestError(f"unknown session {session_id!r} (finished, or started before a restart?)")
+        return self.sessions[session_id]
+
+    def _generate(self, session: Session, prompt: str) -> Tensor:
+        """Samples K images of ``prompt``, writes them as PNG files and makes them the pending round."""
+        generator = torch.Generator(self.backbone.device).manual_seed(self.next_seed)
+        self.next_seed += 1
+        images = self.backbone.sample(
+            [prompt] * self.num_images,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            eta=self.eta,
+            generator=generator,
+        ).float().cpu()
+        t = session.round
+        names = [f"{self.image_root.name}/{session.dialogue_id}/r{t}_{k}.png" for k in range(len(images))]
+        for name, image in zip(names, images):
+            with atomic_file(self.output.parent / name) as tmp:
+                to_pil(image).save(tmp, format="PNG")
+        session.pending = (prompt, names, images)
+        return images
+
+    def start(self, prompt: str, category: str | None = None) -> tuple[Session, Tensor]:
+        """Opens a session and generates its first round; returns it and the images ``[K, 3, H, W]`` in ``[0, 1]``."""
+        if not prompt.strip():
+            raise RequestError("the prompt is empty")
+        with self.lock:
+            dialogue_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+            session = Session(dialogue_id, prompt.strip(), category if category is not None else self.category)
+            images = self._generate(session, session.initial_prompt)
+            self.sessions[session.dialogue_id] = session
+            return session, images
+
+    def _record(self, session: Session, chosen: int | None, feedback: str, satisfaction: float | None) -> Turn:
+        prompt, names, _ = session.pending
+        if chosen is not None and not 0 <= chosen < len(names):
+            raise RequestError(f"chosen must be an image index 0..{len(names) - 1}, got {chosen}")
+        if satisfaction is not None and not 0.0 <= satisfaction <= 1.0:
+            raise RequestError(f"satisfaction must be in [0, 1], got {satisfaction}")
+        turn = Turn(round=len(session.turns) + 1, user_feedback=feedback, prompt=prompt, images=names,
+                    chosen=chosen, satisfaction=satisfaction)
+        session.turns.append(turn)
+        session.pending = None
+        return turn
+
+    def choose(self, session_id: str, chosen: int, feedback: str, satisfaction: float | None = None) -> tuple[Turn, str]:
+        """Records the pending round's choice and feedback; returns the turn and the refined next prompt."""
+        with self.lock:
+            session = self._session(session_id)
+            if session.pending is None:
+                raise RequestError("no images to choose from: generate the next round first")
+            turn = self._record(session, chosen, feedback, satisfaction)
+            return turn, self.refiner.refine(turn.prompt, feedback, list(session.turns))
+
+    def next_round(self, session_id: str, prompt: str) -> tuple[Session, Tensor]:
+        """Generates the next round from ``prompt`` (the refined prompt, possibly edited)."""
+        if not prompt.strip():
+            raise RequestError("the prompt is empty")
+        with self.lock:
+            session = self._session(session_id)
+            if session.pending is not None:
+                raise RequestError("choose an image of this round first (or finish)")
+            return session, self._generate(session, prompt.strip())
+
+    def finish(
+        self, session_id: str, chosen: int | None = None, feedback: str = "", satisfaction: float | None = None
+    ) -> Dialogue:
+        """Records a pending round (with ``chosen`` when given), appends the dialogue to the output and closes it."""
+        with self.lock:
+            session = self._session(session_id)
+            if session.pending is not None:
+                self._record(session, chosen, feedback, satisfaction)
+            dialogue = Dialogue(session.dialogue_id, session.initial_prompt, session.turns, session.category)
+            append_dialogue(self.output, dialogue)
+            del self.sessions[session_id]
+            return dialogue
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """``[3, H, W]`` in ``[0, 1]`` -> an RGB PIL image."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
+
+
+def data_uri(image: Tensor) -> str:
+    """A ``data:image/png;base64,...`` URI of ``[3, H, W]`` in ``[0, 1]``."""
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _get(payload: dict, key: str, kind: type | tuple[type, ...], required: bool = True, default: Any = None) -> Any:
+    value = payload.get(key)
+    if value is None:
+        if required:
+            raise RequestError(f"missing field '{key}'")
+        return default
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise RequestError(f"field '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _round_reply(session: Session, images: Tensor) -> dict:
+    return {"session_id": session.dialogue_id, "round": session.round, "prompt": session.pending[0],
+            "images": [data_uri(image) for image in images]}
+
+
+def _handler(studio: Studio) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "lit_pref-interact"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+            pass  # quiet: the terminal shows the URL and errors only
+
+        def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: HTTPStatus, obj: dict) -> None:
+            self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+        def _local(self) -> bool:
+            host = (self.headers.get("Host") or "").split(":")[0]  # the server binds 127.0.0.1: no IPv6 hosts
+            if host not in LOCAL_HOSTS:
+                self._json(HTTPStatus.FORBIDDEN, {"error": "only localhost may use this tool"})
+                return False
+            return True
+
+        def do_GET(self) -> None:
+            if not self._local():
+                return
+            if self.path.split("?", 1)[0] != "/":
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
+                return
+            self._send(HTTPStatus.OK, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+
+        def do_POST(self) -> None:
+            if not self._local():
+                return
+            if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+                self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send JSON (Content-Type: application/json)"})
+                return
+            routes = {"/api/start": self._start, "/api/choose": self._choose, "/api/next": self._next,
+                      "/api/finish": self._finish}
+            if self.path not in routes:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path}"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > _MAX_BODY:
+                    raise RequestError("request too large")
+                payload = json.loads(self.rfile.read(length) or b"null")
+                if not isinstance(payload, dict):
+                    raise RequestError("expected a JSON object")
+                reply = routes[self.path](payload)
+            except (RequestError, json.JSONDecodeError, UnicodeDecodeError) as e:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+                return
+            self._json(HTTPStatus.OK, reply)
+
+        def _start(self, payload: dict) -> dict:
+            session, images = studio.start(_get(payload, "prompt", str), _get(payload, "category", str, required=False))
+            return _round_reply(session, images)
+
+        def _choose(self, payload: dict) -> dict:
+            turn, next_prompt = studio.choose(
+                _get(payload, "session_id", str), _get(payload, "chosen", int), _get(payload, "feedback", str),
+                _get(payload, "satisfaction", (int, float), required=False),
+            )
+            return {"round": turn.round, "next_prompt": next_prompt}
+
+        def _next(self, payload: dict) -> dict:
+            return _round_reply(*studio.next_round(_get(payload, "session_id", str), _get(payload, "prompt", str)))
+
+        def _finish(self, payload: dict) -> dict:
+            dialogue = studio.finish(
+                _get(payload, "session_id", str), _get(payload, "chosen", int, required=False),
+                _get(payload, "feedback", str, required=False, default=""),
+                _get(payload, "satisfaction", (int, float), required=False),
+            )
+            return {"dialogue_id": dialogue.dialogue_id, "rounds": len(dialogue.turns), "path": str(studio.output)}
+
+    return Handler
+
+
+def make_server(studio: Studio, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """A web server for ``studio`` bound to ``host`` (localhost only) and ``port`` (0: a free port).
+
+    Call ``serve_forever()`` on it; its URL is ``f"http://127.0.0.1:{server.server_address[1]}/"``.
+    """
+    if host not in LOCAL_HOSTS:
+        raise ValueError(f"--host {host!r} refused: the tool serves localhost only ({', '.join(LOCAL_HOSTS)})")
+    return ThreadingHTTPServer(("127.0.0.1", port), _handler(studio))
+
+
+def _ask(question: str, stdin: TextIO, stdout: TextIO) -> str | None:
+    """Prints ``question`` and reads one line (stripped); None at the end of input."""
+    stdout.write(question)
+    stdout.flush()
+    line = stdin.readline()
+    return None if not line else line.strip()
+
+
+def run_terminal(studio: Studio, stdin: TextIO, stdout: TextIO) -> list[Dialogue]:
+    """The tool without a browser: prompts, choices and feedback from ``stdin``; images written as PNG files.
+
+    Per session: a prompt (an empty line or the end of input quits); then per round the image files are listed and
+    it asks for the number of the chosen image (1..K; ``finish`` saves without choosing), the feedback, an optional
+    satisfaction in ``[0, 1]``, and shows the refined next prompt (Enter accepts it, any text replaces it,
+    ``finish`` saves the session). The end of input saves the session in progress. Returns the saved dialogues.
+    """
+    saved = []
+    while True:
+        prompt = _ask("\nprompt (empty to quit)> ", stdin, stdout)
+        if not prompt:
+            return saved
+        session, _ = studio.start(prompt)
+        finished = False
+        while not finished:
+            names = session.pending[1]
+            stdout.write(f"round {session.round}: {session.pending[0]}\n")
+            for k, name in enumerate(names, start=1):
+                stdout.write(f"  image {k}: {studio.output.parent / name}\n")
+            chosen = None
+            while chosen is None:
+                answer = _ask(f"choose an image 1..{len(names)} (or 'finish')> ", stdin, stdout)
+                if answer is None or answer == "finish":
+                    break
+                if answer.isdigit() and 1 <= int(answer) <= len(names):
+                    chosen = int(answer) - 1
+                else:
+                    stdout.write(f"  please type a number from 1 to {len(names)}\n")
+            if chosen is None:
+                saved.append(studio.finish(session.dialogue_id))
+                break
+            feedback = _ask("feedback> ", stdin, stdout) or ""
+            satisfaction = None
+            while True:
+                answer = _ask("satisfaction 0..1 (Enter to skip)> ", stdin, stdout)
+                if not answer:
+                    break
+                try:
+                    satisfaction = float(answer)
+                    if 0.0 <= satisfaction <= 1.0:
+                        break
+                except ValueError:
+                    pass
+                satisfaction = None
+                stdout.write("  please type a number from 0 to 1, or press Enter\n")
+            _, next_prompt = studio.choose(session.dialogue_id, chosen, feedback, satisfaction)
+            stdout.write(f"next prompt: {next_prompt}\n")
+            answer = _ask("Enter to generate it, type another prompt, or 'finish'> ", stdin, stdout)
+            if answer is None or answer == "finish":
+                saved.append(studio.finish(session.dialogue_id))
+                finished = True
+            else:
+                studio.next_round(session.dialogue_id, answer or next_prompt)
+        stdout.write(f"saved dialogue {saved[-1].dialogue_id} ({len(saved[-1].turns)} rounds) to {studio.output}\n")
+
+
+def build_parser() -> ArgumentParser:
+    """The ``interact`` argument parser (jsonargparse: ``--config file.yaml`` and class paths)."""
+    parser = ArgumentParser(prog="python -m lit_pref interact", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file with any of the options below.")
+    parser.add_subclass_arguments(
+        DiffusionBackbone, "backbone", required=False,
+        default={"class_path": "lit_pref.backbone.DiffusionBackbone", "init_args": {"model": "toy"}},
+        help="The text-to-image model (default: the toy model).",
+    )
+    parser.add_subclass_arguments(
+        PromptRefiner, "refiner", required=False, default={"class_path": "lit_pref.vca.refiner.TemplateRefiner"},
+        help="The prompt refiner (default: TemplateRefiner; CausalLMRefiner for a chat model).",
+    )
+    parser.add_argument("--lora", type=str | None, default=None,
+                        help="A LoRA folder (DiffusionBackbone.save_lora) to load; its rank and targets are used.")
+    parser.add_argument("--output", type=str, default="dialogues.jsonl", help="Dialogue JSONL file to append to.")
+    parser.add_argument("--category", type=str | None, default=None, help="Label saved with every dialogue.")
+    parser.add_argument("--num_images", type=int, default=4, help="Images per round (K).")
+    parser.add_argument("--num_inference_steps", type=int, default=20, help="DDIM steps.")
+    parser.add_argument("--guidance_scale", type=float, default=4.0, help="Classifier-free guidance scale.")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the first round (later rounds use the next seeds).")
+    parser.add_argument("--device", type=str, default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', ...")
+    parser.add_argument("--host", type=str, default="127.0.0.1", help="Must be 127.0.0.1 or localhost.")
+    parser.add_argument("--port", type=int, default=8765, help="Port (0: any free port; the URL is printed).")
+    parser.add_argument("--terminal", type=bool, default=False, help="Run in the terminal instead of a web page.")
+    return parser
+
+
+def parse_args(argv: list[str]) -> Namespace:
+    """Parses and checks ``interact`` arguments (the host is refused here, before any model is loaded)."""
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    if cfg.host not in LOCAL_HOSTS:
+        parser.error(f"--host {cfg.host!r} refused: the tool serves localhost only ({', '.join(LOCAL_HOSTS)})")
+    if cfg.num_images < 1:
+        parser.error(f"--num_images must be at least 1, got {cfg.num_images}")
+    return cfg
+
+
+def studio_from_args(cfg: Namespace) -> Studio:
+    """Builds the backbone (with ``--lora``), the refiner and the :class:`Studio` from parsed arguments."""
+    parser = build_parser()
+    if cfg.lora is not None:
+        for key, value in lora_config(cfg.lora).items():  # build the adapters the saved LoRA fits
+            cfg[f"backbone.init_args.{key}"] = value
+    objects = parser.instantiate(cfg)
+    backbone: DiffusionBackbone = objects.backbone
+    if cfg.lora is not None:
+        backbone.load_lora(cfg.lora)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return Studio(backbone.to(device), objects.refiner, cfg.output, cfg.num_images, cfg.num_inference_steps,
+                  cfg.guidance_scale, cfg.eta, cfg.seed, cfg.category)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m lit_pref interact [--config interact.yaml] [--terminal true] ...``"""
+    cfg = parse_args(argv)
+    studio = studio_from_args(cfg)
+    if cfg.terminal:
+        run_terminal(studio, sys.stdin, sys.stdout)
+        return
+    server = make_server(studio, cfg.host, cfg.port)
+    print(f"lit_pref interact: open http://127.0.0.1:{server.server_address[1]}/  (Ctrl+C to stop; "
+          f"dialogues go to {studio.output})", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,175 @@
+"""Prompt refiners: turn (prompt, the user's feedback, the dialogue so far) into the next round's prompt.
+
+:class:`TemplateRefiner` is the deterministic default (it understands the toy world's feedback phrases);
+:class:`CausalLMRefiner` asks a transformers chat model, for real use.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import replace
+from typing import Literal, Sequence
+
+from datamodules.dialogues import Turn
+from datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES
+from datamodules.toy import SIZES, parse_caption
+from datamodules.toy import caption as toy_caption
+
+__all__ = ["CausalLMRefiner", "PromptRefiner", "TemplateRefiner", "toy_edits"]
+
+_ALT = "|".join
+# The toy world's feedback phrases (what ToySimulatedUser says), each setting one caption attribute.
+_TOY_PHRASES: tuple[tuple[str, re.Pattern], ...] = (
+    ("colour", re.compile(rf"make it ({_ALT(COLOURS)})")),
+    ("size", re.compile(rf"make it ({_ALT(SIZES)})")),
+    ("shape", re.compile(rf"make the shape an? ({_ALT(SHAPES)})")),
+    ("background", re.compile(rf"use an? ({_ALT(BACKGROUNDS)}) background")),
+    ("position", re.compile(r"move it to the (centre|center)")),
+    ("done", re.compile(r"perfect")),
+)
+_SEPARATORS = re.compile(r"[\s,.;!]|\band\b|\bthen\b")
+
+
+def toy_edits(feedback: str) -> dict[str, str] | None:
+    """The toy attribute edits a feedback text asks for, or None when it is not made of toy phrases only.
+
+    ``toy_edits("make it green and use a black background") == {"colour": "green", "background": "black"}``;
+    ``"move it to the centre"`` gives ``{"position": "centre"}`` and ``"perfect"`` gives ``{"done": "perfect"}``.
+    Case is ignored; phrases may be joined by commas, semicolons, full stops, "and" or "then". Empty text gives
+    ``{}``. A later phrase about the same attribute wins.
+    """
+    text = feedback.strip().lower()
+    edits: dict[str, str] = {}
+    covered = [False] * len(text)
+    for attribute, pattern in _TOY_PHRASES:
+        for m in pattern.finditer(text):
+            edits[attribute] = (m.start(), m.group(1) if m.groups() else m.group(0))
+            covered[m.start():m.end()] = [True] * (m.end() - m.start())
+    rest = "".join(" " if c else ch for ch, c in zip(text, covered))
+    if _SEPARATORS.sub("", rest):
+        return None
+    return {k: v for k, (_, v) in sorted(edits.items(), key=lambda kv: kv[1][0])}
+
+
+class PromptRefiner(ABC):
+    """Turns the current prompt and the user's feedback on its images into the next round's prompt."""
+
+    @abstractmethod
+    def refine(self, prompt: str, feedback: str, history: Sequence[Turn]) -> str:
+        """The next prompt.
+
+        Args:
+            prompt: The prompt of the round the feedback is about (``P_t``).
+            feedback: What the user wrote about that round's chosen image.
+            history: The dialogue's turns so far, round 1..t (the last one is the round the feedback is about).
+        """
+
+
+class TemplateRefiner(PromptRefiner):
+    """Deterministic refiner (the default): edits toy captions, otherwise appends the feedback as a clause.
+
+    1. When ``prompt`` is a toy caption (:func:`datamodules.toy.parse_caption`) and ``feedback`` consists of toy
+       phrases only (:func:`toy_edits`: ``"make it green"``, ``"make it large"``, ``"make the shape a triangle"``,
+       ``"use a black background"``, ``"move it to the centre"``, ``"perfect"``, joined by commas or "and"), the
+       caption is rewritten with the requested colour, size, shape and background. Position and "perfect" leave it
+       unchanged: the toy captions have no words for position (a position word would take the prompt out of the
+       grammar the toy model was trained on), so a centred image can only come from the user's choices and training.
+    2. Otherwise: empty feedback, or feedback that is only ``"perfect"``, keeps the prompt; any other feedback is
+       appended as a clause: ``f"{prompt}, {feedback}"`` with surrounding whitespace and the feedback's final
+       full stop removed (``"a cat" + "Make it fluffier." -> "a cat, Make it fluffier"``).
+
+    ``history`` is not used.
+    """
+
+    def refine(self, prompt: str, feedback: str, history: Sequence[Turn] = ()) -> str:
+        edits = toy_edits(feedback)
+        parsed = parse_caption(prompt)
+        if parsed is not None and edits is not None:
+            new = replace(parsed, **{k: v for k, v in edits.items() if k in ("colour", "shape", "size", "background")})
+            return toy_caption(new.colour, new.shape, new.size, new.background)
+        clause = feedback.strip().rstrip(".").strip()
+        if not clause or edits == {"done": "perfect"}:
+            return prompt
+        return f"{prompt.strip()}, {clause}"
+
+
+class CausalLMRefiner(PromptRefiner):
+    """Asks a transformers causal language model (chat template, greedy decoding) for the next prompt.
+
+    The chat is a system message (``system_prompt``) and one user message listing the earlier rounds' prompts and
+    feedback, the current prompt and the new feedback, and asking for the new prompt only. The reply is cut to its
+    first non-empty line, with a leading ``Prompt:`` label and surrounding quotes removed. An empty reply falls back
+    to :class:`TemplateRefiner` (so a session never stalls on a blank prompt).
+
+    Args:
+        model: A local folder or a hub id of a causal LM whose tokenizer has a chat template.
+        max_new_tokens: Length limit of the reply.
+        system_prompt: The system message.
+        device: Device of the model (e.g. ``"cpu"``, ``"cuda"``).
+        dtype: Weight dtype (``"auto"``: as stored).
+    """
+
+    DEFAULT_SYSTEM_PROMPT = (
+        "You rewrite prompts for a text-to-image model. Given the current prompt and the user's feedback on the "
+        "image it produced, write the improved prompt. Keep everything the user did not ask to change. "
+        "Reply with the new prompt only, on one line."
+    )
+
+    def __init__(
+        self,
+        model: str,
+        max_new_tokens: int = 64,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        device: str = "cpu",
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{model}: the tokenizer has no chat template; CausalLMRefiner needs a chat model")
+        weights = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=weights).to(device).eval()
+        self.max_new_tokens = max_new_tokens
+        self.system_prompt = system_prompt
+        self._fallback = TemplateRefiner()
+
+    def messages(self, prompt: str, feedback: str, history: Sequence[Turn]) -> list[dict[str, str]]:
+        """The chat sent to the model."""
+        lines = []
+        for turn in history[:-1] if history else ():
+            if turn.prompt is not None:
+                lines.append(f"Round {turn.round} prompt: {turn.prompt}")
+            lines.append(f"Round {turn.round} feedback: {turn.user_feedback}")
+        earlier = ("Earlier rounds:\n" + "\n".join(lines) + "\n\n") if lines else ""
+        user = f"{earlier}Current prompt: {prompt}\nFeedback: {feedback}\nNew prompt:"
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
+
+    def refine(self, prompt: str, feedback: str, history: Sequence[Turn] = ()) -> str:
+        import torch
+
+        inputs = self.tokenizer.apply_chat_template(
+            self.messages(prompt, feedback, history), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(self.model.device)
+        ids = inputs["input_ids"]
+        with torch.no_grad():
+            out = self.model.generate(
+                ids,
+                attention_mask=inputs["attention_mask"],
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
+            )
+        reply = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return self.clean(reply) or self._fallback.refine(prompt, feedback, history)
+
+    @staticmethod
+    def clean(reply: str) -> str:
+        """The first non-empty line of ``reply`` without a ``Prompt:`` label or surrounding quotes."""
+        for line in reply.splitlines():
+            line = re.sub(r"^\s*(new\s+)?prompt\s*:\s*", "", line.strip(), flags=re.IGNORECASE).strip().strip("\"'`").strip()
+            if line:
+                return line
+        return ""
