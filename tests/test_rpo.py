@@ -159,12 +159,21 @@ def test_a_crash_and_a_restart_lose_no_finished_pair_and_duplicate_none(tmp_path
         synthesizer(CrashingEditor(), margin=0.5).run(output_dir=crashed, **run)
 
 
+class ConfiguredReward(ToyGroundTruthReward):
+    """A scorer with nested tuples in its settings (as open_clip's preprocessing config has), which JSON turns into
+    lists: a restart must still recognise its parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.preprocess = {"size": (32, 32), "mean": (0.5, 0.5, 0.5)}
+
+
 def test_max_pairs_writes_exactly_that_many_and_a_larger_one_continues(tmp_path, toy):
     out = tmp_path / "pairs"
     run = dict(backbone=toy, prompts=PROMPTS, output_dir=out, samples_per_prompt=4, progress=False)
-    assert synthesizer(margin=-100.0, batch_size=4).run(max_pairs=3, **run).kept == 3
+    assert synthesizer(scorer=ConfiguredReward(), margin=-100.0, batch_size=4).run(max_pairs=3, **run).kept == 3
     assert pq.read_table(out).num_rows == 3 and read_stats(out).kept == 3
-    assert synthesizer(margin=-100.0, batch_size=4).run(max_pairs=6, **run).kept == 6
+    assert synthesizer(scorer=ConfiguredReward(), margin=-100.0, batch_size=4).run(max_pairs=6, **run).kept == 6
     items = pq.read_table(out).column("item").to_pylist()
     assert len(items) == len(set(items)) == 6 and read_stats(out).kept == 6
 

@@ -108,8 +108,7 @@ def describe(obj: Any) -> dict[str, Any]:
             return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
         return isinstance(value, plain)
 
-    attributes = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(vars(obj).items())
-                  if not k.startswith("_") and is_plain(v)}
+    attributes = {k: v for k, v in sorted(vars(obj).items()) if not k.startswith("_") and is_plain(v)}
     return {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", **attributes}
 
 
@@ -195,8 +194,9 @@ class PairSynthesizer:
 
     # ------------------------------------------------------------------ parameters of a run
     def parameters(self, prompts: Sequence[str], samples_per_prompt: int, seed: int) -> dict[str, Any]:
-        """Everything the pairs depend on (recorded in ``_synthesis.json``)."""
-        return {
+        """Everything the pairs depend on (recorded in ``_synthesis.json``, compared on a restart; a change in a
+        critic's or editor's code is not detected: write to a new folder then)."""
+        parameters = {
             "format_version": FORMAT_VERSION,
             "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
             "num_prompts": len(prompts),
@@ -212,6 +212,7 @@ class PairSynthesizer:
             "editor": describe(self.editor),
             "scorer": describe(self.scorer),
         }
+        return json.loads(json.dumps(parameters))  # as read back from JSON: tuples become lists at any depth
 
     @staticmethod
     def _check_parameters(output_dir: Path, parameters: dict[str, Any]) -> None:
