@@ -14,17 +14,18 @@ Both variants train the same LoRA adapters with the same Diffusion-DPO loss on t
   reference), float32 weights and no autocast (``--baseline-precision same`` gives it the autocast of
   ``--precision``, as the research code's mixed precision did).
 
-Printed: per variant the median step time (forward, backward, optimizer step; after ``--warmup`` steps) with its
-interquartile range, steps/s, peak memory, FLOPs per step (``torch.utils.flop_counter.FlopCounterMode``, one
-step), and the fraction of the compute bound: achieved FLOP/s over the throughput of a large matmul measured in
-the same run at the step's compute dtype; the ratios lit_pref / naive; then sampling throughput with per-step
+Printed: per variant the median step time (forward, backward, optimizer step; the two variants' timed steps
+alternate, so a machine whose load drifts slows both alike) with its interquartile range, steps/s, peak memory
+(build, warm-up and one step), FLOPs per step (``torch.utils.flop_counter.FlopCounterMode``, one
+step), and the fraction of the compute bound: achieved FLOP/s over the throughput of a large matmul at the
+step's compute dtype, timed between the steps; the ratios lit_pref / naive; then sampling throughput with per-step
 log-probs (``bench/sampling.py``) on the lit_pref backbone.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the variant's life (weights, activations,
-optimizer state). On CPU the peak resident set size of the process (VmHWM, reset through
-``/proc/self/clear_refs`` before the variant is built) minus the resident size before it was built: weights,
-activations and allocator slack. The lit_pref variant runs first, so any memory it leaves in the allocator
-makes the naive figure smaller, not larger. Presets (``lit_pref/backbone/tiny.py``) are built from config with
+optimizer state) above what was allocated before the variant was built. On CPU the peak resident set size of
+the process (VmHWM, reset through ``/proc/self/clear_refs`` before the variant is built) minus the resident size
+before it was built: weights, activations and allocator slack. The lit_pref variant is built first; memory its
+step freed and the allocator kept is reused by the naive one, which makes the naive figure smaller, not larger. Presets (``lit_pref/backbone/tiny.py``) are built from config with
 random weights: nothing is downloaded.
 """
 
@@ -189,11 +190,12 @@ class NaiveStep:
 
 # --------------------------------------------------------------------------- measuring
 @dataclass
-class Result:
-    times: list[float]
+class Variant:
+    name: str
+    step: Callable[[], None]
     peak_bytes: int
     flops: int
-    extra: dict
+    times: list[float]
 
 
 def synchronize(device: torch.device) -> None:
@@ -201,44 +203,46 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(build: Callable[[], Callable[[], None]], device: torch.device, steps: int, warmup: int,
-            after: Callable[[Callable], dict] | None = None) -> Result:
+def prepare(name: str, build: Callable[[], Callable[[], None]], device: torch.device, warmup: int) -> Variant:
+    """Build a variant and run its warm-up steps and one FLOP-counted step; its peak memory covers all of them."""
     memory = Memory(device)
     memory.start()
     torch.manual_seed(0)
     step = build()
     for _ in range(warmup):
         step()
-    synchronize(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    peak = memory.peak()
     counter = FlopCounterMode(display=False)
     with counter:
         step()
-    extra = after(step) if after else {}
-    del step
-    gc.collect()
-    return Result(times, peak, counter.get_total_flops(), extra)
+    synchronize(device)
+    return Variant(name, step, memory.peak(), counter.get_total_flops(), [])
 
 
-def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
-    """Throughput of a ``size`` x ``size`` matmul (median of ``repeats`` after one warm-up)."""
+def time_interleaved(variants: list[Variant], device: torch.device, steps: int) -> None:
+    """Alternate the variants' timed steps (reversing their order every other round), so that a machine whose load
+    drifts (shared CPUs, GPU clocks) slows them alike."""
+    for round_ in range(steps):
+        for variant in variants if round_ % 2 == 0 else variants[::-1]:
+            synchronize(device)
+            start = time.perf_counter()
+            variant.step()
+            synchronize(device)
+            variant.times.append(time.perf_counter() - start)
+
+
+def matmul(device: torch.device, dtype: torch.dtype, size: int) -> Variant:
+    """``size`` x ``size`` matmuls (10 in a row on a GPU, where one takes about a millisecond), timed alongside the
+    steps: their FLOP/s is the compute bound."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    times = []
-    for i in range(repeats + 1):
-        synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
+    repeats = 10 if device.type == "cuda" else 1
+
+    def run() -> None:
+        for _ in range(repeats):
+            torch.mm(a, b)
+
+    run()  # warm-up
+    return Variant("matmul", run, 0, repeats * 2 * size**3, [])
 
 
 def gib(n: float) -> str:
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
                         "(default 8192 on CUDA, 2048 on CPU)")
     parser.add_argument("--sample-batch", type=int, default=2, help="chains per sampling call")
     parser.add_argument("--sample-steps", type=int, default=10, help="DDIM steps of the sampling measurement")
-    parser.add_argument("--sample-repeats", type=int, default=1, help="timed sampling calls per mode")
+    parser.add_argument("--sample-repeats", type=int, default=3, help="timed sampling calls per mode")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -275,44 +279,45 @@ def main(argv: list[str] | None = None) -> None:
     del shape
 
     matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
-    peak_flops = matmul_flops_per_s(device, compute_dtype, matmul_size)
     threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"preset {args.preset} (UNet {unet_params / 1e6:.1f}M parameters), {args.pairs} pairs at {resolution} px, "
           f"{device} ({threads}), lit_pref precision {args.precision}, naive precision "
           f"{args.precision if args.baseline_precision == 'same' else '32'}, "
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, compile {'on' if args.compile else 'off'}")
-    print(f"matmul {matmul_size}x{matmul_size} {str(compute_dtype).removeprefix('torch.')}: "
-          f"{peak_flops / 1e12:.3f} TFLOP/s (the compute bound below)")
-
-    def sampling(step: LitPrefStep) -> dict:
-        backbone = step.model.backbone.eval()
-        with torch.no_grad(), autocast(device, args.precision):
-            return dict(zip(("with_logprob", "plain"), sampling_rates(
-                backbone, args.sample_batch, args.sample_steps, 7.5, args.sample_repeats, resolution)))
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         dataset = random_pairs(folder, args.pairs, resolution)
-        ours = measure(lambda: LitPrefStep(args, device, dataset, folder / "cache"), device, args.steps, args.warmup,
-                       after=lambda step: {"cache_build_s": step.cache_build_s, **sampling(step)})
-        naive = measure(lambda: NaiveStep(args, device, dataset), device, args.steps, args.warmup)
+        ours = prepare("lit_pref", lambda: LitPrefStep(args, device, dataset, folder / "cache"), device, args.warmup)
+        naive = prepare("naive", lambda: NaiveStep(args, device, dataset), device, args.warmup)
+        bound = matmul(device, compute_dtype, matmul_size)
+        time_interleaved([ours, naive, bound], device, args.steps)
 
-    rows = []
-    for name, result in (("lit_pref", ours), ("naive", naive)):
-        q1, median, q3 = statistics.quantiles(result.times, n=4) if len(result.times) > 1 else [result.times[0]] * 3
-        achieved = result.flops / median
-        rows.append((name, median, q1, q3, result.peak_bytes, result.flops, achieved))
-        print(f"{name:>9}: step {median:.3f} s (IQR {q1:.3f}-{q3:.3f}, {len(result.times)} steps), "
-              f"{1 / median:.3f} steps/s, peak memory {gib(result.peak_bytes)}, {result.flops / 1e12:.3f} TFLOP/step, "
-              f"{achieved / 1e12:.3f} TFLOP/s = {achieved / peak_flops:.1%} of the matmul bound")
-    (_, t_ours, *_, m_ours, f_ours, _), (_, t_naive, *_, m_naive, f_naive, _) = rows
-    print(f"lit_pref / naive: {t_naive / t_ours:.2f}x steps/s, {m_ours / m_naive:.2f}x peak memory, "
-          f"{f_ours / f_naive:.2f}x FLOPs per step")
-    extra = ours.extra
-    print(f"encoding cache build: {args.pairs} pairs in {extra['cache_build_s']:.2f} s (once, before timing)")
+    peak_flops = bound.flops / statistics.median(bound.times)
+    print(f"matmul {matmul_size}x{matmul_size} {str(compute_dtype).removeprefix('torch.')}: "
+          f"{peak_flops / 1e12:.3f} TFLOP/s (median of {len(bound.times)}, timed between the steps: the compute bound)")
+    medians = {}
+    for variant in (ours, naive):
+        times = variant.times
+        q1, median, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+        medians[variant.name] = median
+        achieved = variant.flops / median
+        print(f"{variant.name:>9}: step {median:.3f} s (IQR {q1:.3f}-{q3:.3f}, {len(times)} steps), "
+              f"{1 / median:.3f} steps/s, peak memory {gib(variant.peak_bytes)}, "
+              f"{variant.flops / 1e12:.3f} TFLOP/step, {achieved / 1e12:.3f} TFLOP/s = "
+              f"{achieved / peak_flops:.1%} of the matmul bound")
+    print(f"lit_pref / naive: {medians['naive'] / medians['lit_pref']:.2f}x steps/s, "
+          f"{ours.peak_bytes / naive.peak_bytes:.2f}x peak memory, {ours.flops / naive.flops:.2f}x FLOPs per step")
+    print(f"encoding cache build: {args.pairs} pairs in {ours.step.cache_build_s:.2f} s (once, before timing)")
+    naive.step = None  # free the baseline before sampling
+    gc.collect()
+    backbone = ours.step.model.backbone.eval()
+    with torch.no_grad(), autocast(device, args.precision):
+        with_logprob, plain = sampling_rates(backbone, args.sample_batch, args.sample_steps, 7.5,
+                                             args.sample_repeats, resolution)
     print(f"sampling ({args.sample_batch} chains, {args.sample_steps} DDIM steps, guidance 7.5, eta 1): "
-          f"{extra['with_logprob']:.3f} trajectories/s with log-probs, {extra['plain']:.3f} images/s plain "
-          f"(ratio {extra['with_logprob'] / extra['plain']:.2f})")
+          f"{with_logprob:.3f} trajectories/s with log-probs, {plain:.3f} images/s plain "
+          f"(ratio {with_logprob / plain:.2f})")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python bench/sampling.py [--model tiny] [--batch 16] [--steps 50] [--repeats 3]
 
 Prints trajectories per second (median over repeats) for ``sample(eta=1, return_trajectory=True)`` and images per
-second for plain ``sample(eta=1)`` in the same run, and their ratio. ``bench/perf.py`` reuses :func:`sampling_rates`.
+second for plain ``sample(eta=1)`` in the same run (calls alternate), and their ratio. ``bench/perf.py`` reuses :func:`sampling_rates`.
 """
 
 from __future__ import annotations
@@ -19,22 +19,20 @@ from lit_pref.backbone import DiffusionBackbone
 
 def sampling_rates(backbone: DiffusionBackbone, batch: int, steps: int, guidance: float, repeats: int,
                    resolution: int | None = None) -> tuple[float, float]:
-    """(trajectories/s with log-probs, images/s plain): medians over ``repeats`` timed calls after one warm-up."""
+    """(trajectories/s with log-probs, images/s plain): medians over ``repeats`` timed calls of each mode after one
+    warm-up call each; the modes alternate (in both orders), so a drifting machine load slows both alike."""
     prompts = ["a small red circle on a white background"] * batch
-
-    def rate(return_trajectory: bool) -> float:
-        times = []
-        for i in range(repeats + 1):
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(repeats + 1):
+        for return_trajectory in (True, False) if i % 2 == 0 else (False, True):
             start = time.perf_counter()
             backbone.sample(prompts, num_inference_steps=steps, guidance_scale=guidance, eta=1.0,
                             generator=torch.Generator(backbone.device).manual_seed(i), height=resolution,
                             width=resolution, return_trajectory=return_trajectory)
             if backbone.device.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return batch / statistics.median(times[1:])
-
-    return rate(True), rate(False)
+            times[return_trajectory].append(time.perf_counter() - start)
+    return batch / statistics.median(times[True][1:]), batch / statistics.median(times[False][1:])
 
 
 def main() -> None:

@@ -167,6 +167,32 @@ def test_fit_with_the_cache_trains_as_without_it(tmp_path):
         torch.testing.assert_close(cached_lora[name], value, rtol=0, atol=1e-3 * update + 1e-7)
 
 
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd", "sdxl"])
+def test_a_cached_batch_gives_the_loss_of_its_images_with_captions_dropped(sdxl):
+    model = TrajectoryDPO(DiffusionBackbone.tiny(sdxl=sdxl), loss=DiffusionDPOLoss(beta=100.0),
+                          proportion_empty_prompts=0.5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)  # a policy unlike the reference, so the loss is not ln 2
+    batch = make_batch(4)
+    batch["original_sizes"] = torch.tensor([[40, 48], [32, 32], [64, 32], [32, 40]])
+    batch["crop_top_left"] = torch.tensor([[4, 8], [0, 0], [16, 0], [0, 4]])
+    backbone = model.backbone
+    cached = {k: v for k, v in batch.items() if not k.startswith("images")}
+    cached.update(latent_dists_0=backbone.encode_latent_dist(batch["images_0"]),
+                  latent_dists_1=backbone.encode_latent_dist(batch["images_1"]),
+                  text=backbone.encode_text(batch["captions"]))
+    torch.manual_seed(0)
+    dropped = (torch.rand(4) < 0.5).tolist()
+    assert any(dropped) and not all(dropped)  # the draw below drops some captions and keeps others
+    torch.manual_seed(0)
+    fresh = model.training_step(batch, 0)
+    torch.manual_seed(0)
+    assert model.training_step(cached, 0).item() == pytest.approx(fresh.item(), rel=1e-5)
+    assert fresh.item() != pytest.approx(0.6931, abs=1e-3)
+
+
 def test_cache_needs_a_datamodule_with_cacheable_data():
     trainer = quiet_trainer(max_steps=1, callbacks=[EncodingCache("unused")])
     with pytest.raises(ValueError, match="needs a datamodule"):
@@ -281,7 +307,7 @@ def test_perf_benchmark_runs(capsys):
     from bench import perf
 
     perf.main(["--preset", "tiny", "--steps", "2", "--warmup", "0", "--pairs", "1", "--sample-batch", "1",
-               "--sample-steps", "1", "--matmul-size", "256"])
+               "--sample-steps", "1", "--sample-repeats", "1", "--matmul-size", "256"])
     out = capsys.readouterr().out
     ratios = re.search(r"lit_pref / naive: ([\d.]+)x steps/s, ([\d.]+)x peak memory", out)
     assert ratios and float(ratios[1]) > 0 and float(ratios[2]) > 0, out
