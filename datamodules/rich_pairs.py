@@ -26,6 +26,15 @@ def complete_rounds(pairs_dir: str | Path) -> list[Path]:
     return sorted(p for p in folder.glob("round-[0-9][0-9][0-9][0-9]") if (p / STATS_FILE).is_file())
 
 
+class _Rounds(ConcatDataset):
+    """The pairs of several rounds as one data set; an item's ``index`` (which seeds its training draws) is its
+    position here, unique across rounds."""
+
+    def __getitem__(self, index: int) -> dict | None:
+        item = super().__getitem__(index)
+        return None if item is None else {**item, "index": index}
+
+
 class RichPreferenceDataModule(PreferencePairDataModule):
     """The iterative mode's training data: the newest complete synthesis rounds under ``pairs_dir``.
 
@@ -88,15 +97,5 @@ class RichPreferenceDataModule(PreferencePairDataModule):
                 f"{self.pairs_dir} holds no complete synthesis round (round-NNNN/ with _stats.json): train with "
                 "RichPreferenceDPO and resynthesize_every > 0 (it writes round-0000 when fit starts), or write one "
                 f"with python -m lit_pref synthesize-pairs --output_dir {self.pairs_dir / 'round-0000'}")
-        self.train_dataset = ConcatDataset([self._dataset(str(path)) for path in self.train_rounds])
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup("validate")
-        return [] if self.val_dataset is None else self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup("test")
-        if self.test_dataset is None:
-            raise ValueError("no test data: set test_path (data.init_args.test_path) to run `lit_pref test`")
-        return self._loader(self.test_dataset, self.val_batch_size, shuffle=False)
+        self.train_dataset = _Rounds([self._dataset(str(path)) for path in self.train_rounds])
+        return super().train_dataloader()  # shuffled by epoch, dealt to the processes, resumable

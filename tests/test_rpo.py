@@ -243,6 +243,10 @@ def test_iterative_mode_resynthesizes_from_the_policy_and_logs_pair_statistics(t
     rounds = sorted(p.name for p in pairs_dir.iterdir())
     assert rounds == ["round-0000", "round-0001"]  # none after the last epoch: nothing would train on it
     assert [p.name for p in data.train_rounds] == ["round-0001"]  # the second epoch read the new round
+    both = RichPreferenceDataModule(str(pairs_dir), rounds=2, resolution=32, batch_size=4)
+    batch = next(iter(both.train_dataloader()))
+    assert [p.name for p in both.train_rounds] == ["round-0000", "round-0001"]
+    assert sorted(batch["indices"].tolist()) == [0, 1, 2, 3]  # unique across rounds: they seed the pairs' draws
     second = pq.read_table(pairs_dir / "round-0001").to_pylist()
     assert len(second) == 2 and {r["seed"] for r in second} == {1_000_003 + r["item"] for r in second}
 

@@ -53,6 +53,8 @@ class RichPreferenceDPO(TrajectoryDPO):
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
         timestep_grid: Literal["train", "inference"] = "train",
+        max_nonfinite_steps: int = 10,
+        seed: int | None = None,
         resynthesize_every: int = 0,
         synthesizer: PairSynthesizer | None = None,
         prompts: list[str] | str | None = None,
@@ -73,6 +75,10 @@ class RichPreferenceDPO(TrajectoryDPO):
             num_inference_steps: DDIM steps when the module generates images (``predict``).
             guidance_scale: Classifier-free guidance when the module generates images.
             timestep_grid: ``"train"`` (t uniform over the training timesteps, the paper) or ``"inference"``.
+            max_nonfinite_steps: Optimizer steps with a NaN/inf loss that are skipped before training stops with an
+                error (as in :class:`TrajectoryDPO`).
+            seed: Seed of the per-pair draws (timesteps, noise, empty prompts); ``None``: the run's
+                ``seed_everything`` seed.
             resynthesize_every: Iterative mode: synthesise a new round of pairs from the current policy every this
                 many epochs; 0: offline (the pairs come from the datamodule as they are).
             synthesizer: Iterative mode: critic, editor and relabelling scorer (``lit_pref.rpo.PairSynthesizer``).
@@ -84,8 +90,10 @@ class RichPreferenceDPO(TrajectoryDPO):
             pairs_dir: Iterative mode: folder of the rounds (``round-0000/``...), the datamodule's ``pairs_dir``.
             synthesis_seed: Iterative mode: round r samples item i with seed ``synthesis_seed + r * 1000003 + i``.
         """
-        super().__init__(backbone, loss, optimizer, scheduler, ties, proportion_empty_prompts, val_seed,
-                         num_inference_steps, guidance_scale, mode="offline", timestep_grid=timestep_grid)
+        super().__init__(backbone, loss=loss, optimizer=optimizer, scheduler=scheduler, ties=ties,
+                         proportion_empty_prompts=proportion_empty_prompts, val_seed=val_seed,
+                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, mode="offline",
+                         timestep_grid=timestep_grid, max_nonfinite_steps=max_nonfinite_steps, seed=seed)
         if resynthesize_every < 0:
             raise ValueError(f"resynthesize_every must be >= 0, got {resynthesize_every}")
         if resynthesize_every > 0:
