@@ -207,13 +207,13 @@ class RefTimesPolicy(PairLoss):
         return (model_err_w * ref_err_w - model_err_l * ref_err_l).mean(), {}
 
 
-def test_reference_runs_in_inference_mode_and_any_loss_can_use_it():
+def test_reference_runs_without_a_graph_and_any_loss_can_use_it():
     model = TrajectoryDPO(DiffusionBackbone.tiny(), loss=RefTimesPolicy())
     modes = []
-    model.backbone.unet.register_forward_hook(lambda *_: modes.append(torch.is_inference_mode_enabled()))
+    model.backbone.unet.register_forward_hook(lambda *_: modes.append(torch.is_grad_enabled()))
     pairs, _ = model.winners_and_losers(make_batch())
     e_w, e_l, r_w, r_l = model.denoising_errors(pairs)
-    assert modes == [False, True]  # one policy forward (winners and losers together), one reference forward
+    assert modes == [True, False]  # one policy forward (winners and losers together), one reference forward
     assert e_w.requires_grad and not r_w.requires_grad and not r_w.is_inference()
     loss, _ = model.loss(e_w, e_l, r_w, r_l)
     loss.backward()
