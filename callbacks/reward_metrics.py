@@ -93,6 +93,8 @@ class _Evaluation(Callback):
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=step - 1)
+            # Also where callbacks look (a ModelCheckpoint monitoring eval/*, early stopping), on every process.
+            trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
 
 
 class RewardMetrics(_Evaluation):

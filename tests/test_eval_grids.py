@@ -63,15 +63,19 @@ def test_evaluation_callbacks_log_grids_of_their_samples_with_scores_at_their_ow
     model = TrajectoryDPO(DiffusionBackbone.tiny(), loss=DiffusionDPOLoss(),
                           optimizer=lambda params: torch.optim.SGD(params, lr=1.0))
     data = SyntheticPreferenceDataModule(data_dir=str(tmp_path / "data"), num_pairs=8, num_val_pairs=0, batch_size=2)
-    Trainer(max_steps=4, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="", version=""),
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            callbacks=[metrics, wins], log_every_n_steps=3).fit(model, data)
+    trainer = Trainer(max_steps=4, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="", version=""),
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[metrics, wins], log_every_n_steps=3)
+    trainer.fit(model, data)
     events = read_events(tmp_path)
 
     # Evaluated after optimizer steps 2 and 4, each written once at Lightning's step for that batch (1 and 3),
     # although log_every_n_steps=3 would have written self.log-ged values at step 2 only.
     assert [e.step for e in events.Scalars("eval/brightness")] == [1, 3]
     assert [e.step for e in events.Scalars("eval/win_rate_vs_base/brightness")] == [1, 3]
+    # and the latest values are where a ModelCheckpoint monitoring eval/* looks
+    for tag in ("eval/brightness", "eval/win_rate_vs_base/brightness"):
+        assert trainer.callback_metrics[tag].item() == pytest.approx(events.Scalars(tag)[-1].value)
 
     # one sample of each prompt first: prompt 0 repeat 0, prompt 1 repeat 0, prompt 0 repeat 1
     assert metrics.grid_indices == wins.grid_indices == [0, 2, 1]
