@@ -123,13 +123,6 @@ def test_sigkill_mid_epoch_resumes_from_the_last_checkpoint_and_finishes(uninter
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
-class _KillWhenPickled:
-    """Pickling it kills the process: a SIGKILL in the middle of writing a checkpoint."""
-
-    def __reduce__(self):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class _FailWhenPickled:
     """Pickling it raises, as a full disk would in the middle of a save."""
 
@@ -137,17 +130,24 @@ class _FailWhenPickled:
         raise OSError("disk full")
 
 
+KILLED_SAVE = """
+import os, signal, sys, torch
+from lit_pref.checkpointing import AtomicCheckpointIO
+
+class KillWhenPickled:  # pickling it kills the process: a SIGKILL in the middle of writing a checkpoint
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(1 << 16)}, "z": KillWhenPickled()}, sys.argv[1])
+"""
+
+
 def interrupted_save(path: Path) -> None:
-    """In a forked child, start saving a checkpoint over ``path`` with AtomicCheckpointIO and die half-way."""
-    pid = os.fork()
-    if pid == 0:  # the child
-        try:
-            AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(1 << 16)}, "z": _KillWhenPickled()},
-                                                 path)
-        finally:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    """In another process, start saving a checkpoint over ``path`` with AtomicCheckpointIO and die half-way.
+    (A process, not os.fork: a forked child of this multi-threaded one can deadlock on a lock some thread held.)"""
+    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
 
 def test_atomic_checkpoint_io_leaves_the_old_file_or_the_new_one(tmp_path):
