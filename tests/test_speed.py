@@ -207,17 +207,26 @@ class RefTimesPolicy(PairLoss):
         return (model_err_w * ref_err_w - model_err_l * ref_err_l).mean(), {}
 
 
-def test_reference_runs_without_a_graph_and_any_loss_can_use_it():
+def test_reference_runs_in_inference_mode_and_any_loss_can_use_it():
     model = TrajectoryDPO(DiffusionBackbone.tiny(), loss=RefTimesPolicy())
     modes = []
-    model.backbone.unet.register_forward_hook(lambda *_: modes.append(torch.is_grad_enabled()))
+    model.backbone.unet.register_forward_hook(lambda *_: modes.append(torch.is_inference_mode_enabled()))
     pairs, _ = model.winners_and_losers(make_batch())
     e_w, e_l, r_w, r_l = model.denoising_errors(pairs)
-    assert modes == [True, False]  # one policy forward (winners and losers together), one reference forward
+    assert modes == [False, True]  # one policy forward (winners and losers together), one reference forward
     assert e_w.requires_grad and not r_w.requires_grad and not r_w.is_inference()
     loss, _ = model.loss(e_w, e_l, r_w, r_l)
     loss.backward()
     assert any(float(p.grad.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_no_graph_is_inference_mode_unless_deepspeed_partitions_the_unet():
+    backbone = DiffusionBackbone.tiny()
+    with backbone.no_graph():
+        assert torch.is_inference_mode_enabled()
+    next(backbone.unet.parameters()).ds_id = 0  # what ZeRO-3 marks its partitioned parameters with
+    with backbone.no_graph():
+        assert not torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
 
 
 def test_attention_is_pytorch_sdpa(monkeypatch):

@@ -214,6 +214,13 @@ class DiffusionBackbone(nn.Module):
         finally:
             self.unet.enable_adapters()
 
+    def no_graph(self) -> torch.inference_mode | torch.no_grad:
+        """Context for forwards that need no autograd graph (the reference's): ``torch.inference_mode``, or
+        ``torch.no_grad`` where DeepSpeed ZeRO-3 partitions the UNet (parameters with a ``ds_id``): it gathers them
+        in forward hooks, and weights gathered in inference mode leave its backward hooks without grad accumulators."""
+        partitioned = any(hasattr(p, "ds_id") for p in self.unet.parameters())
+        return torch.no_grad() if partitioned else torch.inference_mode()
+
     # ------------------------------------------------------------------ encoders
     def _own_precision(self) -> torch.autocast:
         """Frozen encoders run in their storage dtype, not under an outer autocast (the VAE stays float32)."""

@@ -238,10 +238,11 @@ class TrajectoryDPO(LoRAModule):
         )
         cond = repeat_conditioning(cond, 2)
         model_err = (backbone.predict(noisy, timesteps, cond).float() - target).pow(2).mean(dim=(1, 2, 3))
-        # The reference needs no graph. no_grad, not inference_mode: DeepSpeed ZeRO-3 gathers the weights in forward
-        # hooks, and weights gathered under inference mode leave its backward hooks without grad accumulators.
-        with torch.no_grad(), backbone.reference():
+        # The reference needs no graph (inference mode, where no strategy forbids it); the clone outside it makes a
+        # normal tensor, so any loss may save it for backward (an inference tensor cannot be).
+        with backbone.no_graph(), backbone.reference():
             ref_err = (backbone.predict(noisy, timesteps, cond).float() - target).pow(2).mean(dim=(1, 2, 3))
+        ref_err = ref_err.clone()
         return model_err[:n], model_err[n:], ref_err[:n], ref_err[n:]
 
     def _drop_captions(self, captions: list[str], generators: list[torch.Generator] | None = None) -> list[str]:
@@ -310,7 +311,7 @@ class TrajectoryDPO(LoRAModule):
         for k in steps.unique().tolist():
             step = (latents[:, k], timesteps[k].to(self.device), latents[:, k + 1])
             logp_theta[:, k] = backbone.step_log_prob(*step, **args)
-            with torch.no_grad(), backbone.reference():
+            with backbone.no_graph(), backbone.reference():
                 logp_init_k = backbone.step_log_prob(*step, **args)
             logp_init[:, k] = logp_init_k
         return logp_theta, logp_init
