@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Callable, Sequence
 
 import open_clip
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from lit_pref.rewards.base import Scorer
 
-__all__ = ["CLIPScore", "clip_preprocess", "load_open_clip"]
+__all__ = ["CLIPScore", "clip_preprocess", "load_open_clip", "score_in_batches"]
 
 
 def load_open_clip(model: str | nn.Module, pretrained: str | None, device: str | torch.device) -> tuple[nn.Module, dict]:
@@ -39,6 +40,42 @@ def load_open_clip(model: str | nn.Module, pretrained: str | None, device: str |
     cfg.setdefault("interpolation", "bicubic")
     cfg.setdefault("resize_mode", "shortest")
     return model, cfg
+
+
+def score_in_batches(
+    images: Tensor,
+    prompts: Sequence[str],
+    score_batch: Callable[[Tensor, list[str]], Tensor],
+    *,
+    preprocess_cfg: dict[str, Any],
+    batch_size: int,
+    device: str | torch.device,
+    differentiable: bool,
+) -> Tensor:
+    """The loop of the image-text scorers: checks the shapes, preprocesses ``batch_size`` images at a time on
+    ``device`` (:func:`clip_preprocess`) and scores them with their prompts.
+
+    Args:
+        images: ``[B, 3, H, W]`` float in ``[0, 1]``, any size.
+        prompts: ``B`` prompts, one per image.
+        score_batch: ``(pixels, prompts) -> [b]`` scores of one preprocessed batch.
+        preprocess_cfg: The scorer's preprocess config (:func:`clip_preprocess`).
+        batch_size: Images per call of ``score_batch``.
+        device: The scorer's device.
+        differentiable: Keep the autograd graph from the images to the scores (else run without gradients).
+
+    Returns:
+        ``[B]`` on the images' device.
+    """
+    if images.ndim != 4 or len(prompts) != images.shape[0]:
+        raise ValueError(f"expected [B,3,H,W] images and B prompts, got {tuple(images.shape)} and {len(prompts)}")
+    prompts = list(prompts)
+    out = []
+    with contextlib.nullcontext() if differentiable else torch.no_grad():
+        for i in range(0, len(prompts), batch_size):
+            pixels = clip_preprocess(images[i:i + batch_size].to(device), preprocess_cfg)
+            out.append(score_batch(pixels, prompts[i:i + batch_size]))
+    return torch.cat(out).to(images.device)
 
 
 def clip_preprocess(images: Tensor, cfg: dict[str, Any]) -> Tensor:

@@ -8,7 +8,6 @@ Follows ``hpsv2.score`` / ``hpsv2/evaluation.py`` of tgxs002/HPSv2: ``create_mod
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any, Literal, Sequence
 
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from lit_pref.rewards.base import Scorer
 from lit_pref.rewards.checkpoint import load_strict, read_state_dict, resolve_file
-from lit_pref.rewards.clip_score import clip_preprocess
+from lit_pref.rewards.clip_score import score_in_batches
 
 __all__ = ["HPS_FILES", "HPSv2", "build_hps_clip"]
 
@@ -93,15 +92,11 @@ class HPSv2(Scorer):
             images: ``[B, 3, H, W]`` float in ``[0, 1]``, any size.
             prompts: ``B`` prompts, one per image.
         """
-        if images.ndim != 4 or len(prompts) != images.shape[0]:
-            raise ValueError(f"expected [B,3,H,W] images and B prompts, got {tuple(images.shape)} and {len(prompts)}")
-        prompts = list(prompts)
-        out = []
-        with contextlib.nullcontext() if self.differentiable else torch.no_grad():
-            for i in range(0, len(prompts), self.batch_size):
-                pixels = clip_preprocess(images[i:i + self.batch_size].to(self.device), self.preprocess_cfg)
-                tokens = self.tokenizer(prompts[i:i + self.batch_size]).to(self.device)
-                image = self.model.encode_image(pixels, normalize=True)
-                text = self.model.encode_text(tokens, normalize=True)
-                out.append((image * text).sum(-1).float())
-        return torch.cat(out).to(images.device)
+        return score_in_batches(images, prompts, self._score_batch, preprocess_cfg=self.preprocess_cfg,
+                                batch_size=self.batch_size, device=self.device, differentiable=self.differentiable)
+
+    def _score_batch(self, pixels: Tensor, prompts: list[str]) -> Tensor:
+        tokens = self.tokenizer(prompts).to(self.device)
+        image = self.model.encode_image(pixels, normalize=True)
+        text = self.model.encode_text(tokens, normalize=True)
+        return (image * text).sum(-1).float()

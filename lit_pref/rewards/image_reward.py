@@ -8,7 +8,6 @@ strict key and shape check.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from lit_pref.rewards.aesthetic import AestheticMLP
 from lit_pref.rewards.base import Scorer
 from lit_pref.rewards.blip import BLIP
 from lit_pref.rewards.checkpoint import load_strict, read_state_dict, resolve_file
-from lit_pref.rewards.clip_score import clip_preprocess
+from lit_pref.rewards.clip_score import score_in_batches
 
 __all__ = ["IMAGE_REWARD_MEAN", "IMAGE_REWARD_STD", "ImageReward", "ImageRewardConfig", "ImageRewardModel"]
 
@@ -164,14 +163,10 @@ class ImageReward(Scorer):
             images: ``[B, 3, H, W]`` float in ``[0, 1]``, any size (resized and centre-cropped).
             prompts: ``B`` prompts, one per image.
         """
-        if images.ndim != 4 or len(prompts) != images.shape[0]:
-            raise ValueError(f"expected [B,3,H,W] images and B prompts, got {tuple(images.shape)} and {len(prompts)}")
-        prompts = list(prompts)
-        out = []
-        with contextlib.nullcontext() if self.differentiable else torch.no_grad():
-            for i in range(0, len(prompts), self.batch_size):
-                pixels = clip_preprocess(images[i:i + self.batch_size].to(self.device), self.preprocess_cfg)
-                text = self.tokenizer(prompts[i:i + self.batch_size], padding="max_length", truncation=True,
-                                      max_length=TEXT_MAX_LENGTH, return_tensors="pt").to(self.device)
-                out.append(self.model(pixels, text.input_ids, text.attention_mask))
-        return torch.cat(out).to(images.device)
+        return score_in_batches(images, prompts, self._score_batch, preprocess_cfg=self.preprocess_cfg,
+                                batch_size=self.batch_size, device=self.device, differentiable=self.differentiable)
+
+    def _score_batch(self, pixels: Tensor, prompts: list[str]) -> Tensor:
+        text = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=TEXT_MAX_LENGTH,
+                              return_tensors="pt").to(self.device)
+        return self.model(pixels, text.input_ids, text.attention_mask)

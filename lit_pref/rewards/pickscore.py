@@ -8,7 +8,6 @@ truncation=True, max_length=77``, normalised ``get_image_features`` / ``get_text
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +19,7 @@ from transformers import AutoProcessor, CLIPConfig, CLIPModel
 
 from lit_pref.rewards.base import Scorer
 from lit_pref.rewards.checkpoint import load_strict, read_state_dict
-from lit_pref.rewards.clip_score import clip_preprocess
+from lit_pref.rewards.clip_score import score_in_batches
 
 __all__ = ["CLIP_H_CONFIG", "PickScore", "load_clip_strict"]
 
@@ -111,19 +110,15 @@ class PickScore(Scorer):
             images: ``[B, 3, H, W]`` float in ``[0, 1]``, any size.
             prompts: ``B`` prompts, one per image.
         """
-        if images.ndim != 4 or len(prompts) != images.shape[0]:
-            raise ValueError(f"expected [B,3,H,W] images and B prompts, got {tuple(images.shape)} and {len(prompts)}")
-        prompts = list(prompts)
-        model, out = self.model, []
-        with contextlib.nullcontext() if self.differentiable else torch.no_grad():
-            for i in range(0, len(prompts), self.batch_size):
-                pixels = clip_preprocess(images[i:i + self.batch_size].to(self.device), self.preprocess_cfg)
-                text = self.tokenizer(prompts[i:i + self.batch_size], padding=True, truncation=True, max_length=77,
-                                      return_tensors="pt").to(self.device)
-                # The projections of the pooled outputs (= get_*_features, whose return type changed in transformers 5).
-                image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
-                text = model.text_projection(model.text_model(input_ids=text.input_ids,
-                                                              attention_mask=text.attention_mask).pooler_output)
-                cos = (F.normalize(image, dim=-1) * F.normalize(text, dim=-1)).sum(-1)
-                out.append((model.logit_scale.exp() * cos).float())
-        return torch.cat(out).to(images.device)
+        return score_in_batches(images, prompts, self._score_batch, preprocess_cfg=self.preprocess_cfg,
+                                batch_size=self.batch_size, device=self.device, differentiable=self.differentiable)
+
+    def _score_batch(self, pixels: Tensor, prompts: list[str]) -> Tensor:
+        model = self.model
+        text = self.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
+        # The projections of the pooled outputs (= get_*_features, whose return type changed in transformers 5).
+        image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+        text = model.text_projection(model.text_model(input_ids=text.input_ids,
+                                                      attention_mask=text.attention_mask).pooler_output)
+        cos = (F.normalize(image, dim=-1) * F.normalize(text, dim=-1)).sum(-1)
+        return (model.logit_scale.exp() * cos).float()
