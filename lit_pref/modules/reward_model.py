@@ -13,11 +13,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lit_pref.losses.bradley_terry import bradley_terry_loss
+from lit_pref.modules.empty_batches import EmptyBatchGuard
 from lit_pref.rewards.clip_score import clip_preprocess, load_open_clip
 from lit_pref.rewards.reward_model import RewardHead, clip_tokenizer, resolve_clip, save_reward_model
 
 
-class RewardModel(LightningModule):
+class RewardModel(EmptyBatchGuard, LightningModule):
     """Trains a :class:`~lit_pref.rewards.reward_model.RewardHead` on frozen open_clip image and text embeddings.
 
     Batches are those of ``datamodules.PreferencePairDataModule`` / ``ToyPreferenceDataModule``: ``images_0``,
@@ -101,13 +102,13 @@ class RewardModel(LightningModule):
         return (torch.where(first, images_0, images_1)[keep], torch.where(first, images_1, images_0)[keep],
                 captions, int((~keep).sum()))
 
-    def _step(self, batch: dict[str, Any], stage: str) -> Tensor:
+    def _step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
         images_w, images_l, captions, dropped = self.winners_and_losers(batch)
         if stage == "train":
             self.log("train/ties_dropped", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum")
         n = len(captions)
-        if n == 0:  # nothing to learn from, but every rank must still run backward (DDP would hang otherwise)
-            return sum(p.sum() for p in self.head.parameters()) * 0.0
+        if n == 0:  # nothing to learn from: a zero loss that still runs backward, and the step is skipped
+            return self.empty_batch_loss(self.head.parameters()) if stage == "train" else None
         scores = self(torch.cat([images_w, images_l]), captions * 2)
         loss, stats = bradley_terry_loss(scores[:n], scores[n:], self.beta)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=stage != "train")

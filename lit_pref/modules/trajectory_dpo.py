@@ -350,9 +350,8 @@ class TrajectoryDPO(LoRAModule):
                  sync_dist=True)
         self.log_lr()
         n = len(pairs["captions"])
-        if n == 0:
-            # Nothing to learn from, but every rank must still run backward (DDP would hang otherwise).
-            return sum(p.sum() for p in self.trainable_parameters()) * 0.0
+        if n == 0:  # nothing to learn from: a zero loss that still runs backward, and the step is skipped
+            return self.empty_batch_loss(self.trainable_parameters())
         generators = self.pair_generators(pairs["indices"]) if "indices" in pairs else None
         pairs["captions"] = self._drop_captions(pairs["captions"], generators)
         if "text" in pairs:
