@@ -56,6 +56,8 @@ class LoRAModule(EmptyBatchGuard, LightningModule):
         super().__init__()
         if max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         self.backbone = backbone
         self.optimizer = optimizer
         self.scheduler = scheduler

@@ -47,7 +47,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
                 ``local-dir:`` folder or an ``hf-hub:`` id.
             clip_pretrained: Pretrained tag or checkpoint of ``clip_model`` (``None`` for folders and ``"toy"``).
             hidden_dim: Width of the head's hidden layer; 0 for a linear head.
-            beta: Scale of the score difference in the Bradley-Terry loss.
+            beta: Scale of the score difference in the Bradley-Terry loss (> 0).
             ties: Pairs with ``label_0 == 0.5``: ``drop`` (counted as ``train/ties_dropped``), ``keep_first``
                 (image 0 as winner), or ``raise``.
             optimizer: Optimizer factory, called with the head's parameters.
@@ -55,6 +55,12 @@ class RewardModel(EmptyBatchGuard, LightningModule):
                 ``<trainer.log_dir>/reward_model``.
         """
         super().__init__()
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if hidden_dim < 0:
+            raise ValueError(f"hidden_dim must be >= 0, got {hidden_dim}")
+        if ties not in ("drop", "keep_first", "raise"):
+            raise ValueError(f"ties must be 'drop', 'keep_first' or 'raise', got {ties!r}")
         self.clip_model = clip_model
         self.clip_pretrained = clip_pretrained
         model, pretrained = resolve_clip(clip_model, clip_pretrained)
