@@ -249,8 +249,9 @@ def read_dialogues(path: str | os.PathLike, check_images: bool = True) -> list[D
             where = f"{p} line {line_no}"
             obj, why = read_json_line(raw)
             if why is not None:
-                truncated = " (truncated last line?)" if not raw.endswith(b"\n") else ""
-                raise DialogueFormatError(f"{where}: {why}{truncated}")
+                if not raw.endswith(b"\n") and why.startswith("invalid JSON"):
+                    why = "invalid JSON (truncated last line?)" + why.removeprefix("invalid JSON")
+                raise DialogueFormatError(f"{where}: {why}")
             dialogue = Dialogue.from_json(obj, where)
             if dialogue.dialogue_id in seen:
                 raise _fail(where, "dialogue_id", f"{dialogue.dialogue_id!r} already used on line {seen[dialogue.dialogue_id]}")
