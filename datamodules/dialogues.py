@@ -48,6 +48,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .jsonl import read_json_line
+
 __all__ = [
     "Dialogue",
     "DialogueDataModule",
@@ -88,6 +90,16 @@ def _string(obj: dict, key: str, where: str, field: str, optional: bool = False)
         raise _fail(where, field, "missing")
     if not isinstance(value, str):
         raise _fail(where, field, f"expected a string, got {value!r}")
+    return _utf8(value, where, field)
+
+
+def _utf8(value: str, where: str, field: str) -> str:
+    """``value``, if it can be written as UTF-8 (a lone surrogate, from JSON's ``\\ud800`` or an undecodable
+    terminal byte, cannot: the dialogue could never be saved)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _fail(where, field, f"not valid Unicode (a lone surrogate at character {e.start + 1})") from None
     return value
 
 
@@ -138,6 +150,7 @@ class Turn:
             for j, image in enumerate(images):
                 if not isinstance(image, str) or not image:
                     raise _fail(where, f"{prefix}images[{j}]", f"expected a non-empty path string, got {image!r}")
+                _utf8(image, where, f"{prefix}images[{j}]")
         chosen = obj.get("chosen")
         if chosen is not None:
             if not _is_int(chosen):
@@ -229,16 +242,16 @@ def read_dialogues(path: str | os.PathLike, check_images: bool = True) -> list[D
         raise FileNotFoundError(f"{p}: no such file")
     dialogues: list[Dialogue] = []
     seen: dict[str, int] = {}
-    with open(p, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(p, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             where = f"{p} line {line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                truncated = " (truncated last line?)" if not line.endswith("\n") else ""
-                raise DialogueFormatError(f"{where}: invalid JSON{truncated}: {e}") from e
+            obj, why = read_json_line(raw)
+            if why is not None:
+                if not raw.endswith(b"\n") and why.startswith("invalid JSON"):
+                    why = "invalid JSON (truncated last line?)" + why.removeprefix("invalid JSON")
+                raise DialogueFormatError(f"{where}: {why}")
             dialogue = Dialogue.from_json(obj, where)
             if dialogue.dialogue_id in seen:
                 raise _fail(where, "dialogue_id", f"{dialogue.dialogue_id!r} already used on line {seen[dialogue.dialogue_id]}")
@@ -261,6 +274,7 @@ def append_dialogue(path: str | os.PathLike, dialogue: Dialogue) -> None:
     Raises:
         DialogueFormatError: when the dialogue is invalid, or when the file's last line is truncated (does not end
             in a newline: an earlier crash); appending then would glue two dialogues into one broken line.
+        OSError: when the write fails (a full disk); the file is first cut back to its previous length.
     """
     p = Path(path)
     obj = dialogue.to_json()
@@ -279,10 +293,14 @@ def append_dialogue(path: str | os.PathLike, dialogue: Dialogue) -> None:
                     raise DialogueFormatError(
                         f"{p} line {lines}: truncated last line (no newline at the end); repair the file before appending"
                     )
-        written = os.write(fd, data)
-        if written != len(data):  # a regular file takes a whole write unless the disk is full
-            raise OSError(f"{p}: short write ({written} of {len(data)} bytes)")
-        os.fsync(fd)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # a regular file takes a whole write unless the disk is full
+                raise OSError(f"{p}: short write ({written} of {len(data)} bytes)")
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)  # no partial line left behind: the file reads and takes appends as before
+            raise
     finally:
         os.close(fd)
 

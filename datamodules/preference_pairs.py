@@ -9,7 +9,13 @@ Two input formats are read into one kind of item:
    Extra columns (e.g. ``critique``, ``instructions``) are ignored.
 2. **JSONL**: a ``.jsonl`` file whose lines are
    ``{"caption": str, "image_0": path, "image_1": path, "label_0": 0 | 0.5 | 1}``;
-   relative image paths are resolved against the JSONL file's directory.
+   relative image paths are resolved against the JSONL file's directory, and must stay inside it: a path
+   that is absolute or climbs out (``../``) makes a bad row unless ``allow_outside_paths=True``.
+
+Captions may be any Arrow string type (``string``, ``large_string``, ``string_view``, or dictionary-encoded
+strings: pandas ``category``). Images of any mode PIL reads become 8-bit RGB by
+:func:`datamodules.image_modes.to_rgb`: 16-bit grayscale scaled by its range, transparency composited on
+white; non-finite or out-of-range float pixels make the row bad (an image that does not decode).
 
 Validation follows "nothing lost, nothing silently trained on": metadata
 (columns, keys, caption types, labels, JSON syntax, image files existing) is
@@ -65,6 +71,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .encoding_cache import EncodingStore
+from .image_modes import to_rgb
+from .jsonl import read_json_line
 from .resumable import EpochSampler, ResumableLoader
 
 CACHED_ROW_GROUPS = 4  # parquet row groups of images kept in memory per process
@@ -183,7 +191,7 @@ def _scan_parquet(source: _Source, source_idx: int, rows: _Rows, problems: list[
     captions = table.column("caption")
     labels = table.column("label_0")
 
-    caption_is_text = pa.types.is_string(captions.type) or pa.types.is_large_string(captions.type)
+    caption_is_text = _is_text(captions.type)
     label_is_number = pa.types.is_integer(labels.type) or pa.types.is_floating(labels.type)
     caption_list = captions.to_pylist()
     if label_is_number:
@@ -206,18 +214,32 @@ def _scan_parquet(source: _Source, source_idx: int, rows: _Rows, problems: list[
             problems.append(f"{where}: {_label_problem(labels[i].as_py())}")
 
 
-def _scan_jsonl(source: _Source, source_idx: int, rows: _Rows, problems: list[str]) -> None:
+def _is_text(arrow_type: pa.DataType) -> bool:
+    """Whether a column of this type holds strings: any Arrow string type, or a dictionary of them."""
+    if pa.types.is_dictionary(arrow_type):
+        return _is_text(arrow_type.value_type)
+    return (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+            or pa.types.is_string_view(arrow_type))
+
+
+def _outside(value: str) -> bool:
+    """Whether a JSONL image path is absolute or leads out of the JSONL's folder (judged on the text)."""
+    path = Path(value)
+    return path.is_absolute() or (Path(os.path.normpath(path)).parts[:1] == ("..",))
+
+
+def _scan_jsonl(source: _Source, source_idx: int, rows: _Rows, problems: list[str],
+                allow_outside_paths: bool = False) -> None:
     """Reads and validates every line of one JSONL file (blank lines are ignored)."""
     base = source.path.parent
-    with open(source.path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(source.path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             where = _where(source, line_no)
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(f"{where}: invalid JSON ({e})")
+            record, why = read_json_line(raw)
+            if why is not None:
+                problems.append(f"{where}: {why}")
                 continue
             if not isinstance(record, dict):
                 problems.append(f"{where}: expected a JSON object, got {type(record).__name__}")
@@ -239,6 +261,10 @@ def _scan_jsonl(source: _Source, source_idx: int, rows: _Rows, problems: list[st
                 value = record[key]
                 if not isinstance(value, str) or not value:
                     problems.append(f"{where}: {key} is not a path string (got {value!r})")
+                    break
+                if not allow_outside_paths and _outside(value):
+                    problems.append(f"{where}: {key} = {value!r} is outside the JSONL's folder {base} (absolute or "
+                                    "climbing out with ..; allow_outside_paths=True accepts it)")
                     break
                 full = base / value  # an absolute `value` replaces `base`
                 if not full.is_file():
@@ -313,6 +339,8 @@ class PreferencePairDataset(Dataset):
             gets the same decisions for a given seed (independent of the epoch
             and of the DataLoader worker that loads it). The crop position
             (relative) and the flip are shared by the two images of a pair.
+        allow_outside_paths: JSONL only: accept image paths that are absolute
+            or lead out of the JSONL's folder (by default such rows are bad).
     """
 
     def __init__(
@@ -323,6 +351,7 @@ class PreferencePairDataset(Dataset):
         random_flip: bool = False,
         on_bad_row: Literal["raise", "skip"] = "raise",
         seed: int = 0,
+        allow_outside_paths: bool = False,
     ) -> None:
         if on_bad_row not in ("raise", "skip"):
             raise ValueError(f"on_bad_row must be 'raise' or 'skip', got {on_bad_row!r}")
@@ -343,7 +372,7 @@ class PreferencePairDataset(Dataset):
             if source.kind == "parquet":
                 _scan_parquet(source, idx, rows, problems)
             else:
-                _scan_jsonl(source, idx, rows, problems)
+                _scan_jsonl(source, idx, rows, problems, allow_outside_paths)
             if on_bad_row == "raise" and len(problems) > n_before:
                 raise BadRowError(problems[n_before])
         if problems:
@@ -508,7 +537,7 @@ class PreferencePairDataset(Dataset):
         else:
             image = Image.open(self._rows.image_paths[row][which])
         image.load()
-        return image.convert("RGB")
+        return to_rgb(image)
 
     def _decode_pair(self, row: int) -> tuple[Image.Image, Image.Image] | None:
         images = []
@@ -684,6 +713,8 @@ class PreferencePairDataModule(pl.LightningDataModule):
         seed: Seed of the validation split, of the per-item random
             crop/flip decisions and of the training order (epoch ``e``
             shuffles with ``seed + e``).
+        allow_outside_paths: JSONL only: accept image paths that are absolute
+            or lead out of the JSONL's folder (by default such rows are bad).
     """
 
     def __init__(
@@ -700,6 +731,7 @@ class PreferencePairDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         on_bad_row: Literal["raise", "skip"] = "raise",
         seed: int = 0,
+        allow_outside_paths: bool = False,
     ) -> None:
         super().__init__()
         if val_path is not None and val_fraction > 0:
@@ -722,6 +754,7 @@ class PreferencePairDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.on_bad_row = on_bad_row
         self.seed = seed
+        self.allow_outside_paths = allow_outside_paths
         self.train_dataset: PreferencePairDataset | None = None
         self.val_dataset: PreferencePairDataset | None = None
         self.test_dataset: PreferencePairDataset | None = None
@@ -734,6 +767,7 @@ class PreferencePairDataModule(pl.LightningDataModule):
             random_flip=self.random_flip,
             on_bad_row=self.on_bad_row,
             seed=self.seed,
+            allow_outside_paths=self.allow_outside_paths,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -1,8 +1,12 @@
-"""Checkpoint files written atomically, and the trainable weights read back from a file or a DeepSpeed folder."""
+"""Checkpoint files written atomically, and the trainable weights read back from a file or a DeepSpeed folder
+(never unpickling anything but tensors and the few types DeepSpeed's files need)."""
 
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,5 +52,48 @@ def trainable_state_dict(checkpoint: str | os.PathLike) -> dict[str, Tensor]:
     if path.is_dir():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return dict(get_fp32_state_dict_from_zero_checkpoint(str(path)))
+        with deepspeed_weights_only(path):
+            return dict(get_fp32_state_dict_from_zero_checkpoint(str(path)))
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint file holds objects that loading it would have to construct by running their code."""
+
+
+def deepspeed_safe_globals() -> list[type]:
+    """The classes, besides tensors and plain containers, that DeepSpeed's checkpoint files hold (its ZeRO-2 and
+    ZeRO-3 optimizer states pickle its loss scaler, its ZeRO stage enum and its tensor fragment addresses; the
+    model states hold none): all that ``weights_only`` loading of a DeepSpeed folder allows."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextmanager
+def deepspeed_weights_only(folder: str | os.PathLike) -> Iterator[None]:
+    """Inside, every ``torch.load`` (DeepSpeed's own, which pass ``weights_only=False``, included) unpickles with
+    ``weights_only=True`` and only :func:`deepspeed_safe_globals` allowed: a crafted file in the checkpoint
+    ``folder`` cannot run code. A file that holds anything else raises :class:`UnsafeCheckpointError`.
+
+    torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` overrides an explicit ``weights_only=False``; it is set for the
+    duration (process-wide: a load in another thread meanwhile is restricted too, never loosened).
+    """
+    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            yield
+    except pickle.UnpicklingError as err:
+        detail = str(err).split("WeightsUnpickler error: ")[-1].split(" Please use")[0].strip()
+        raise UnsafeCheckpointError(
+            f"{folder}: refused to load a DeepSpeed checkpoint file that holds objects other than tensors and "
+            f"DeepSpeed's own state (unpickling them could run code): {detail}"
+        ) from err
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value

@@ -3,10 +3,17 @@
 Work in progress lives beside its destination (same file system, so the final rename is atomic) under a name
 that nothing mistakes for a result: a dot, ``tmp-``, digits, ``.partial``. In particular it never contains the
 destination's name: Lightning's ``ckpt_path="last"`` takes any file whose name contains ``last``.
+
+Replacing a folder takes two renames (the old one aside, the new one in); a journal (``.tmp-*.swap.partial``)
+names both while they happen, so a kill between them is undone the next time :func:`atomic_dir` writes that
+destination (or :func:`recover_dir` is called): the new folder, complete by then, is moved in. Files are created
+``0644`` (less the umask), never executable.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import secrets
 import shutil
@@ -14,28 +21,64 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` by renames.
 
-    On an exception the temporary folder is removed and ``path`` is left as it was.
+    On an exception the temporary folder is removed and ``path`` is left as it was. A swap of an earlier call that
+    a kill interrupted is completed first (:func:`recover_dir`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = _create_partial(path.parent, os.mkdir)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists():
-        old = _create_partial(path.parent, os.mkdir)
-        os.replace(path, old)
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = _create_partial(path.parent, os.mkdir)
+    journal = path.parent / f"{old.name.removesuffix('.partial')}.swap.partial"
+    with atomic_file(journal) as partial:
+        partial.write_text(json.dumps({"destination": path.name, "new": tmp.name, "old": old.name}))
+    os.replace(path, old)
     os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    journal.unlink()
+
+
+def recover_dir(path: str | os.PathLike) -> None:
+    """Complete the swaps of ``path`` that a kill interrupted between :func:`atomic_dir`'s two renames: when
+    ``path`` is missing, move in the new folder (or, if it is gone too, the old one); then remove the leftovers.
+    Logs a warning for each."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for journal in sorted(path.parent.glob(".tmp-*.swap.partial")):
+        try:
+            swap = json.loads(journal.read_text())
+        except (OSError, ValueError):
+            continue
+        if swap.get("destination") != path.name:
+            continue
+        new, old = path.parent / swap["new"], path.parent / swap["old"]
+        restored = None
+        if not path.exists():
+            restored = new if new.is_dir() else old if old.is_dir() else None
+            if restored is not None:
+                os.replace(restored, path)
+        for leftover in (new, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        journal.unlink(missing_ok=True)
+        what = {new: "the new folder", old: "the old folder", None: "nothing (both were gone)"}[restored]
+        logger.warning("%s: completed a folder swap a kill had interrupted (restored %s; removed the leftovers)",
+                       path, what)
 
 
 @contextmanager
@@ -43,7 +86,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; on success it is renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_partial(path.parent, lambda name: os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)))
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+    tmp = _create_partial(path.parent, lambda name: os.close(os.open(name, flags, 0o666)))  # 0644 under umask 022
     try:
         yield tmp
     except BaseException:

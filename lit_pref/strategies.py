@@ -11,6 +11,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeed
 from lightning.pytorch.strategies import Strategy
 from torch import nn
 
+from lit_pref.checkpointing import deepspeed_weights_only
 from lit_pref.io import atomic_dir
 
 
@@ -22,6 +23,8 @@ class DeepSpeedStrategy(LightningDeepSpeedStrategy):
     ``last.ckpt`` would leave a folder mixing two steps that loads without complaint. Here every process writes
     into one partial folder beside the destination and, once all have finished, rank 0 renames it over the
     destination. The folder must be on a file system all nodes share (as DeepSpeed's own resume assumes).
+    A resume reads the folder's files with ``weights_only`` unpickling (see
+    :func:`lit_pref.checkpointing.deepspeed_weights_only`): a crafted file cannot run code.
     """
 
     def init_deepspeed(self) -> None:
@@ -42,6 +45,10 @@ class DeepSpeedStrategy(LightningDeepSpeedStrategy):
         else:
             self._write(checkpoint, self.broadcast(None), storage_options)
         self.barrier("deepspeed_checkpoint_renamed")
+
+    def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
+        with deepspeed_weights_only(checkpoint_path):
+            return super().load_checkpoint(checkpoint_path, weights_only)
 
     def _write(self, checkpoint: dict, folder: str, storage_options: Any | None) -> None:
         super().save_checkpoint(checkpoint, folder, storage_options)

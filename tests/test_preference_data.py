@@ -178,7 +178,7 @@ def test_jsonl_image_folder_round_trip(tmp_path):
         {"caption": "green vs grey", "image_0": "images/green.bmp", "image_1": str(absolute / "grey.png"),
          "label_0": 0.5},
     ])
-    ds = PreferencePairDataset(path, resolution=16)
+    ds = PreferencePairDataset(path, resolution=16, allow_outside_paths=True)  # the absolute path
     assert len(ds) == 2
     batch = collate_pairs([ds[0], ds[1]])
     assert batch["captions"] == ["red vs blue", "green vs grey"]

@@ -11,6 +11,8 @@ beta 12.5, K = 1, clip 5e-4; gamma 0.9 in both.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -101,6 +103,8 @@ def trajectory_scores(
         raise ValueError(f"step_indices must be a non-empty 1-D integer tensor, got {step_indices}")
     if not clip > 0:
         raise ValueError(f"clip must be > 0, got {clip}")
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta}")
     idx = step_indices.to(logp_theta.device)
     ratios = (logp_theta[:, idx] - logp_init[:, idx]).clamp(-float(clip), float(clip))
     return float(beta) * ratios.mean(dim=1)

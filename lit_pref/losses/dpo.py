@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -9,6 +10,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LossType = Literal["sigmoid", "hinge", "ipo"]
+LOSS_TYPES = ("sigmoid", "hinge", "ipo")
+
+
+def check_dpo_settings(beta: float, loss_type: str) -> None:
+    """Raise ``ValueError`` naming the argument unless ``beta`` is finite and > 0 and ``loss_type`` is known.
+
+    beta = 0 trains nothing (and divides by zero in ``ipo``); beta < 0 trains toward the losers while
+    ``implicit_acc`` reads as if the winners were learnt.
+    """
+    if isinstance(beta, bool) or not (math.isfinite(float(beta)) and float(beta) > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {', '.join(map(repr, LOSS_TYPES))}, got {loss_type!r}")
 
 
 def diffusion_dpo_loss(
@@ -36,7 +50,7 @@ def diffusion_dpo_loss(
         model_err_l: (B,) the same on the losers.
         ref_err_w: (B,) mean squared error of the reference model on the winners (no gradient needed).
         ref_err_l: (B,) the same on the losers.
-        beta: KL-regularisation strength of the paper (default 5000).
+        beta: KL-regularisation strength of the paper (default 5000; finite, > 0).
         loss_type: ``"sigmoid"``, ``"hinge"`` or ``"ipo"``.
 
     Returns:
@@ -47,6 +61,7 @@ def diffusion_dpo_loss(
     errors = (model_err_w, model_err_l, ref_err_w, ref_err_l)
     if any(e.ndim != 1 or e.shape != model_err_w.shape for e in errors):
         raise ValueError(f"expected four 1-D tensors of per-sample errors of one shape, got {[tuple(e.shape) for e in errors]}")
+    check_dpo_settings(beta, loss_type)
     logits = (ref_err_w - ref_err_l) - (model_err_w - model_err_l)
     beta_half = float(beta) / 2.0
     inside = beta_half * logits
@@ -54,10 +69,8 @@ def diffusion_dpo_loss(
         losses = -F.logsigmoid(inside)
     elif loss_type == "hinge":
         losses = torch.relu(1.0 - inside)
-    elif loss_type == "ipo":
+    else:  # ipo
         losses = (logits - 1.0 / (2.0 * beta_half)) ** 2
-    else:
-        raise ValueError(f"unknown loss_type {loss_type!r}; expected 'sigmoid', 'hinge' or 'ipo'")
     with torch.no_grad():
         stats = {
             "implicit_acc": ((inside > 0).float() + 0.5 * (inside == 0).float()).mean(),

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 
 from torch import Tensor
 
-from lit_pref.losses.dpo import LossType, diffusion_dpo_loss
+from lit_pref.losses.dpo import LossType, check_dpo_settings, diffusion_dpo_loss
 
 
 class PairLoss(ABC):
@@ -30,9 +30,13 @@ class DiffusionDPOLoss(PairLoss):
     def __init__(self, beta: float = 5000.0, loss_type: LossType = "sigmoid") -> None:
         """
         Args:
-            beta: KL-regularisation strength (paper: 5000; diffusers' script's ``beta_dpo=2500`` is beta/2).
+            beta: KL-regularisation strength (> 0; paper: 5000; diffusers' script's ``beta_dpo=2500`` is beta/2).
             loss_type: ``"sigmoid"`` (paper), ``"hinge"`` or ``"ipo"``.
+
+        Raises:
+            ValueError: ``beta`` not finite and > 0, or an unknown ``loss_type``.
         """
+        check_dpo_settings(beta, loss_type)
         self.beta = float(beta)
         self.loss_type = loss_type
 

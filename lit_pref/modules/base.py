@@ -11,13 +11,14 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor
 
 from lit_pref.backbone import DiffusionBackbone
+from lit_pref.modules.empty_batches import EmptyBatchGuard
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced more non-finite (NaN or inf) losses than ``max_nonfinite_steps`` allows."""
 
 
-class LoRAModule(LightningModule):
+class LoRAModule(EmptyBatchGuard, LightningModule):
     """Base of the methods: trains only the backbone's LoRA parameters.
 
     Checkpoints hold only the trainable parameters (and the optimizer state): the frozen base is loaded
@@ -28,6 +29,9 @@ class LoRAModule(LightningModule):
     state changes -- and counted in ``train/skipped_nonfinite``. More than ``max_nonfinite_steps`` skipped steps
     stop training with :class:`NonFiniteLossError`. The count restarts when a run is resumed. Under DeepSpeed,
     whose engine owns the gradients and the step, the first non-finite loss stops training.
+
+    Empty-batch guard: an optimizer step none of whose micro-batches had a usable pair changes no weight and is
+    counted in ``train/empty_batches`` (see :class:`lit_pref.modules.empty_batches.EmptyBatchGuard`).
     """
 
     def __init__(
@@ -52,6 +56,8 @@ class LoRAModule(LightningModule):
         super().__init__()
         if max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         self.backbone = backbone
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -80,6 +86,7 @@ class LoRAModule(LightningModule):
     def on_before_backward(self, loss: Tensor) -> None:
         if not bool(torch.isfinite(loss.detach()).all()):
             self._nonfinite_loss = True
+        super().on_before_backward(loss)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step when a loss since the last step was non-finite: drop the gradients (an optimizer skips
@@ -102,6 +109,7 @@ class LoRAModule(LightningModule):
                     "NaN/inf pixels, or use bf16 instead of fp16"
                 )
         self.log("train/skipped_nonfinite", float(self._skipped_nonfinite), on_step=True, on_epoch=False)
+        super().on_before_optimizer_step(optimizer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}

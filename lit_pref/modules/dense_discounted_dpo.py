@@ -50,7 +50,8 @@ class DenseDiscountedDPO(TrajectoryDPO):
         """
         Args:
             backbone: The diffusion model with LoRA adapters (policy; adapters off = the initial model).
-            gamma: Temporal discount in [0, 1] (paper: 0.9); 1 = uniform (TrajectoryDPO), 0 = the first step only.
+            gamma: Temporal discount in (0, 1] (paper: 0.9); 1 = uniform (TrajectoryDPO); near 0, almost all the
+                weight on the first step.
             loss: Offline mode: the pair loss on per-sample errors (Diffusion-DPO by default).
             optimizer: Optimizer factory, called with the LoRA parameters only.
             scheduler: Learning-rate scheduler factory, stepped every optimizer step.
@@ -67,8 +68,8 @@ class DenseDiscountedDPO(TrajectoryDPO):
             seed: Offline mode: seed of the per-pair draws (see TrajectoryDPO); ``None``: the run's
                 ``seed_everything`` seed.
         """
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         super().__init__(backbone, loss, optimizer, scheduler, ties, proportion_empty_prompts, val_seed,
                          num_inference_steps, guidance_scale, mode, "inference", scorer, trajectory,
                          max_nonfinite_steps, seed)

@@ -13,11 +13,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lit_pref.losses.bradley_terry import bradley_terry_loss
+from lit_pref.modules.empty_batches import EmptyBatchGuard
 from lit_pref.rewards.clip_score import clip_preprocess, load_open_clip
 from lit_pref.rewards.reward_model import RewardHead, clip_tokenizer, resolve_clip, save_reward_model
 
 
-class RewardModel(LightningModule):
+class RewardModel(EmptyBatchGuard, LightningModule):
     """Trains a :class:`~lit_pref.rewards.reward_model.RewardHead` on frozen open_clip image and text embeddings.
 
     Batches are those of ``datamodules.PreferencePairDataModule`` / ``ToyPreferenceDataModule``: ``images_0``,
@@ -46,7 +47,7 @@ class RewardModel(LightningModule):
                 ``local-dir:`` folder or an ``hf-hub:`` id.
             clip_pretrained: Pretrained tag or checkpoint of ``clip_model`` (``None`` for folders and ``"toy"``).
             hidden_dim: Width of the head's hidden layer; 0 for a linear head.
-            beta: Scale of the score difference in the Bradley-Terry loss.
+            beta: Scale of the score difference in the Bradley-Terry loss (> 0).
             ties: Pairs with ``label_0 == 0.5``: ``drop`` (counted as ``train/ties_dropped``), ``keep_first``
                 (image 0 as winner), or ``raise``.
             optimizer: Optimizer factory, called with the head's parameters.
@@ -54,6 +55,12 @@ class RewardModel(LightningModule):
                 ``<trainer.log_dir>/reward_model``.
         """
         super().__init__()
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if hidden_dim < 0:
+            raise ValueError(f"hidden_dim must be >= 0, got {hidden_dim}")
+        if ties not in ("drop", "keep_first", "raise"):
+            raise ValueError(f"ties must be 'drop', 'keep_first' or 'raise', got {ties!r}")
         self.clip_model = clip_model
         self.clip_pretrained = clip_pretrained
         model, pretrained = resolve_clip(clip_model, clip_pretrained)
@@ -101,13 +108,13 @@ class RewardModel(LightningModule):
         return (torch.where(first, images_0, images_1)[keep], torch.where(first, images_1, images_0)[keep],
                 captions, int((~keep).sum()))
 
-    def _step(self, batch: dict[str, Any], stage: str) -> Tensor:
+    def _step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
         images_w, images_l, captions, dropped = self.winners_and_losers(batch)
         if stage == "train":
             self.log("train/ties_dropped", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum")
         n = len(captions)
-        if n == 0:  # nothing to learn from, but every rank must still run backward (DDP would hang otherwise)
-            return sum(p.sum() for p in self.head.parameters()) * 0.0
+        if n == 0:  # nothing to learn from: a zero loss that still runs backward, and the step is skipped
+            return self.empty_batch_loss(self.head.parameters()) if stage == "train" else None
         scores = self(torch.cat([images_w, images_l]), captions * 2)
         loss, stats = bradley_terry_loss(scores[:n], scores[n:], self.beta)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=stage != "train")

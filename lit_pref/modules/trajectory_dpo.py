@@ -52,6 +52,17 @@ class TrajectorySettings:
     clip: float = 1e-4
     eta: float = 1.0
 
+    def __post_init__(self) -> None:
+        for name in ("collect_every", "rollouts_per_prompt", "kept_per_prompt", "buffer_capacity", "pairs_per_step",
+                     "num_sampled_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trajectory.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("beta", "clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"trajectory.{name} must be > 0, got {getattr(self, name)}")
+        if not self.eta > 0:
+            raise ValueError(f"trajectory.eta must be > 0 (the chains need log-probs), got {self.eta}")
+
 
 class TrajectoryDPO(LoRAModule):
     """Diffusion-DPO (Wallace et al. 2023) with LoRA adapters.
@@ -127,11 +138,14 @@ class TrajectoryDPO(LoRAModule):
         super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale, max_nonfinite_steps)
         if not 0.0 <= proportion_empty_prompts <= 1.0:
             raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {proportion_empty_prompts}")
+        for name, value, allowed in (("ties", ties, ("drop", "keep_first", "raise")),
+                                     ("mode", mode, ("offline", "trajectory")),
+                                     ("timestep_grid", timestep_grid, ("train", "inference"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
         if mode == "trajectory":
             if scorer is None:
                 raise ValueError("mode='trajectory' needs a scorer (the source of the preferences)")
-            if trajectory.eta <= 0:
-                raise ValueError(f"trajectory.eta must be > 0 (the chains need log-probs), got {trajectory.eta}")
             spread_ranks(trajectory.rollouts_per_prompt, trajectory.kept_per_prompt)  # validates the counts
         self.loss = loss
         self.ties = ties
@@ -350,9 +364,8 @@ class TrajectoryDPO(LoRAModule):
                  sync_dist=True)
         self.log_lr()
         n = len(pairs["captions"])
-        if n == 0:
-            # Nothing to learn from, but every rank must still run backward (DDP would hang otherwise).
-            return sum(p.sum() for p in self.trainable_parameters()) * 0.0
+        if n == 0:  # nothing to learn from: a zero loss that still runs backward, and the step is skipped
+            return self.empty_batch_loss(self.trainable_parameters())
         generators = self.pair_generators(pairs["indices"]) if "indices" in pairs else None
         pairs["captions"] = self._drop_captions(pairs["captions"], generators)
         if "text" in pairs:

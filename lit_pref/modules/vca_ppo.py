@@ -56,6 +56,20 @@ class PPOSettings:
     buffer_size: int = 16
     min_count: int = 16
 
+    def __post_init__(self) -> None:
+        if self.num_images < 2:
+            raise ValueError(f"ppo.num_images must be >= 2 (the user chooses among them), got {self.num_images}")
+        for name in ("inner_epochs", "minibatch_size", "buffer_size", "min_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eta", "clip_range", "adv_clip", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ppo.{name} must be > 0, got {getattr(self, name)}")
+        if not self.kl_coef >= 0:
+            raise ValueError(f"ppo.kl_coef must be >= 0, got {self.kl_coef}")
+        if not 0 < self.step_fraction <= 1:
+            raise ValueError(f"ppo.step_fraction must be in (0, 1], got {self.step_fraction}")
+
 
 def _rows(cond: Conditioning, index: Tensor) -> Conditioning:
     """The rows ``index`` of a conditioning."""
@@ -125,12 +139,6 @@ class VCAPPO(LoRAModule):
         super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale)
         if num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
-        if not ppo.eta > 0:
-            raise ValueError(f"ppo.eta must be > 0 (the chains need log-probs), got {ppo.eta}")
-        if ppo.num_images < 2:
-            raise ValueError(f"ppo.num_images must be >= 2 (the user chooses among them), got {ppo.num_images}")
-        if ppo.inner_epochs < 1 or ppo.minibatch_size < 1 or not 0 < ppo.step_fraction <= 1:
-            raise ValueError(f"need inner_epochs >= 1, minibatch_size >= 1 and 0 < step_fraction <= 1, got {ppo}")
         self.automatic_optimization = False
         self.reward = reward  # plain attributes, never registered submodules
         self.users = users

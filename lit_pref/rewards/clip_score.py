@@ -87,7 +87,9 @@ def clip_preprocess(images: Tensor, cfg: dict[str, Any]) -> Tensor:
             ``mean``, ``std``, ``interpolation`` in ``{"bicubic", "bilinear"}``, ``resize_mode`` in
             ``{"shortest", "squash", "longest"}``: shorter side to ``size`` then centre crop; both sides to
             ``size``; or longer side to ``size`` then zero padding (black) centred to ``size``, HPSv2's
-            ``ResizeMaxSize``).
+            ``ResizeMaxSize``), ``crop_offset`` in ``{"round", "floor"}``: the centre crop starts at
+            ``round((H - h) / 2)`` as torchvision's ``CenterCrop`` does (open_clip, ImageReward; the default) or at
+            ``floor((H - h) / 2)`` as transformers' CLIP image processor does (PickScore).
 
     Returns:
         ``[B, 3, h, w]`` normalised pixels, float32.
@@ -122,7 +124,10 @@ def clip_preprocess(images: Tensor, cfg: dict[str, Any]) -> Tensor:
         # Zeros before normalisation, the smaller half of the padding left/top (ResizeMaxSize's F.pad).
         x = F.pad(x, ((tw - w) // 2, tw - w - (tw - w) // 2, (th - h) // 2, th - h - (th - h) // 2))
         h, w = th, tw
-    top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+    if cfg.get("crop_offset", "round") == "floor":
+        top, left = (h - th) // 2, (w - tw) // 2
+    else:
+        top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
     x = x[..., top:top + th, left:left + tw]
     mean = torch.tensor(cfg["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(cfg["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -115,7 +115,8 @@ class ImageReward(Scorer):
     tokens, ``[CLS]`` stays in position 0 (the official ``score`` does not swap in BLIP's ``[ENC]``); the image is
     resized (bicubic, shorter side to 224), centre-cropped to 224 and normalised with the CLIP mean/std. Here the
     resize runs on tensors (antialiased, as torchvision on tensors) instead of on 8-bit PIL images, so scores differ
-    from the official PIL path by the rounding of pixel values only.
+    slightly from the official PIL path: PIL rounds the resized pixels to 8 bits and clamps bicubic's overshoot to
+    0..255, the tensor path neither rounds nor clamps.
 
     Real use: ``ImageReward("THUDM/ImageReward", tokenizer="bert-base-uncased", device="cuda")``.
 

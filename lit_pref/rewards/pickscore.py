@@ -68,8 +68,9 @@ class PickScore(Scorer):
     """PickScore ``[B]``: ``logit_scale.exp() * cos(E_image, E_text)`` (about 15-25 with the real weights, whose
     ``logit_scale.exp()`` is about 100).
 
-    Images are preprocessed as the CLIP processor does (shorter side to 224 with bicubic resampling, centre crop,
-    the processor's mean/std) but on tensors (antialiased, differentiable) instead of on 8-bit PIL images.
+    Images are preprocessed as the CLIP processor does (shorter side to 224 with bicubic resampling, centre crop
+    at ``floor((H - 224) / 2)``, the processor's mean/std) but on tensors (antialiased, not clamped,
+    differentiable) instead of on 8-bit PIL images.
 
     Real use: ``PickScore("yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", device="cuda")``.
 
@@ -101,7 +102,8 @@ class PickScore(Scorer):
             raise ValueError(f"{processor}: only shortest-edge resize to the crop size with bicubic resampling is "
                              f"supported, got size {images.size}, crop {crop}, resample {images.resample}")
         self.preprocess_cfg = {"size": crop, "mean": tuple(images.image_mean), "std": tuple(images.image_std),
-                               "interpolation": "bicubic", "resize_mode": "shortest"}
+                               "interpolation": "bicubic", "resize_mode": "shortest",
+                               "crop_offset": "floor"}  # transformers' center_crop: (H - h) // 2, not torchvision's round
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """PickScore ``[B]`` on the images' device.

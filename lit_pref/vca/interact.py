@@ -19,7 +19,14 @@ application/json`` is required, so another web site cannot post a plain form to 
   "path"}``: records a round not yet chosen from (with ``chosen`` when given, else with its images and no choice),
   appends the dialogue and closes the session.
 
-Errors answer ``{"error": message}`` with status 400 (bad request), 403 (foreign host), 404 or 415.
+Every request gets a JSON reply: errors answer ``{"error": message}`` with status 400 (bad request: a missing or
+negative ``Content-Length``, invalid JSON or UTF-8, JSON nested too deeply, a field of the wrong type, text that
+is not valid Unicode), 403 (foreign host), 404, 413 (a body over 1 MiB), 415, or 500 (a fault of the tool).
+
+Sessions survive a crash: each session's recorded rounds and its pending round are written (atomically) to
+``<output stem>_sessions/<dialogue id>.json`` as they happen; a tool started on the same ``--output`` saves such
+leftovers as dialogues (the pending round with its images and no choice, as ``finish`` does) and logs it. A
+session idle for ``--session_timeout`` seconds expires: it is saved the same way and closed.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import sys
 import threading
 import time
@@ -55,9 +63,15 @@ __all__ = ["LOCAL_HOSTS", "RequestError", "Session", "Studio", "main", "make_ser
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 _MAX_BODY = 1 << 20
 
+logger = logging.getLogger(__name__)
+
 
 class RequestError(ValueError):
-    """A request the tool cannot carry out; the message is shown to the person."""
+    """A request the tool cannot carry out; the message is shown to the person (status 400, or ``status``)."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -70,6 +84,7 @@ class Session:
         category: Optional label saved with the dialogue.
         turns: The rounds recorded so far.
         pending: The round shown but not yet chosen from: ``(prompt, image paths, images [K, 3, H, W])``.
+        last_used: ``time.monotonic()`` of its last request (idle sessions expire).
     """
 
     dialogue_id: str
@@ -77,6 +92,21 @@ class Session:
     category: str | None = None
     turns: list[Turn] = field(default_factory=list)
     pending: tuple[str, list[str], Tensor] | None = None
+    last_used: float = field(default_factory=time.monotonic)
+
+    def to_json(self) -> dict:
+        """What a crash must not lose: the dialogue so far and the pending round's prompt and image files."""
+        pending = None if self.pending is None else {"prompt": self.pending[0], "images": self.pending[1]}
+        return {"dialogue_id": self.dialogue_id, "initial_prompt": self.initial_prompt, "category": self.category,
+                "turns": [turn.to_json() for turn in self.turns], "pending": pending}
+
+    def dialogue(self) -> Dialogue:
+        """The dialogue to save now: the recorded rounds, and the pending round with its images and no choice."""
+        turns = list(self.turns)
+        if self.pending is not None:
+            turns.append(Turn(round=len(turns) + 1, user_feedback="", prompt=self.pending[0],
+                              images=list(self.pending[1])))
+        return Dialogue(self.dialogue_id, self.initial_prompt, turns, self.category)
 
     @property
     def round(self) -> int:
@@ -97,6 +127,8 @@ class Studio:
         eta: DDIM eta (0: deterministic given the seed).
         seed: Seed of the first round; every later generation uses the next seed.
         category: Label saved with dialogues whose start request gives none.
+        session_timeout: Seconds a session may stay idle; then it is saved (as by :meth:`finish` without a choice)
+            and closed. Checked at every request.
     """
 
     def __init__(
@@ -110,9 +142,12 @@ class Studio:
         eta: float = 0.0,
         seed: int = 0,
         category: str | None = None,
+        session_timeout: float = 3600.0,
     ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
+        if not session_timeout > 0:
+            raise ValueError(f"session_timeout must be > 0 seconds, got {session_timeout}")
         self.backbone = backbone.eval()
         self.refiner = refiner
         self.output = Path(output)
@@ -123,13 +158,61 @@ class Studio:
         self.eta = eta
         self.next_seed = seed
         self.category = category
+        self.session_timeout = session_timeout
+        self.journal_dir = self.output.parent / f"{self.output.stem}_sessions"
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
+        self.recover()
+
+    # ------------------------------------------------------------------ persistence and expiry
+    def _journal(self, session: Session) -> Path:
+        return self.journal_dir / f"{session.dialogue_id}.json"
+
+    def _persist(self, session: Session) -> None:
+        """Write the session's rounds so far (replacing the last write atomically)."""
+        with atomic_file(self._journal(session)) as tmp:
+            tmp.write_text(json.dumps(session.to_json(), ensure_ascii=False), encoding="utf-8")
+
+    def _save_and_close(self, session: Session) -> Dialogue:
+        """Append the session's dialogue to the output, then forget it (the journal last: never lost between)."""
+        dialogue = session.dialogue()
+        append_dialogue(self.output, dialogue)
+        self.sessions.pop(session.dialogue_id, None)
+        self._journal(session).unlink(missing_ok=True)
+        return dialogue
+
+    def recover(self) -> list[Dialogue]:
+        """Save the sessions an earlier run left unfinished (a crash) as dialogues; returns them."""
+        saved = []
+        for path in sorted(self.journal_dir.glob("*.json")):
+            try:
+                obj = json.loads(path.read_text(encoding="utf-8"))
+                turns = [Turn.from_json(t, str(path), prefix=f"turns[{i}].") for i, t in enumerate(obj["turns"])]
+                session = Session(obj["dialogue_id"], obj["initial_prompt"], obj["category"], turns)
+                if obj["pending"] is not None:
+                    session.pending = (obj["pending"]["prompt"], list(obj["pending"]["images"]), torch.empty(0))
+                saved.append(self._save_and_close(session))  # validates the dialogue before appending it
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                logger.warning("interact: cannot recover the unfinished session %s (%s); left as it is", path, e)
+                continue
+            logger.warning("interact: saved the unfinished session %s (%d rounds) of an earlier run to %s",
+                           session.dialogue_id, len(saved[-1].turns), self.output)
+        return saved
+
+    def expire_idle(self) -> list[Dialogue]:
+        """Save and close the sessions idle longer than ``session_timeout`` (call with the lock held)."""
+        now = time.monotonic()
+        idle = [s for s in self.sessions.values() if now - s.last_used > self.session_timeout]
+        return [self._save_and_close(session) for session in idle]
 
     def _session(self, session_id: Any) -> Session:
+        self.expire_idle()
         if session_id not in self.sessions:
-            raise RequestError(f"unknown session {session_id!r} (finished, or started before a restart?)")
-        return self.sessions[session_id]
+            raise RequestError(f"unknown session {session_id!r} (finished, expired after {self.session_timeout:g} s "
+                               "idle, or started before a restart?)")
+        session = self.sessions[session_id]
+        session.last_used = time.monotonic()
+        return session
 
     def _generate(self, session: Session, prompt: str) -> Tensor:
         """Samples K images of ``prompt``, writes them as PNG files and makes them the pending round."""
@@ -148,6 +231,7 @@ class Studio:
             with atomic_file(self.output.parent / name) as tmp:
                 to_pil(image).save(tmp, format="PNG")
         session.pending = (prompt, names, images)
+        self._persist(session)
         return images
 
     def start(self, prompt: str, category: str | None = None) -> tuple[Session, Tensor]:
@@ -155,6 +239,7 @@ class Studio:
         if not prompt.strip():
             raise RequestError("the prompt is empty")
         with self.lock:
+            self.expire_idle()
             dialogue_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
             session = Session(dialogue_id, prompt.strip(), category if category is not None else self.category)
             images = self._generate(session, session.initial_prompt)
@@ -171,6 +256,7 @@ class Studio:
                     chosen=chosen, satisfaction=satisfaction)
         session.turns.append(turn)
         session.pending = None
+        self._persist(session)
         return turn
 
     def choose(self, session_id: str, chosen: int, feedback: str, satisfaction: float | None = None) -> tuple[Turn, str]:
@@ -200,10 +286,7 @@ class Studio:
             session = self._session(session_id)
             if session.pending is not None:
                 self._record(session, chosen, feedback, satisfaction)
-            dialogue = Dialogue(session.dialogue_id, session.initial_prompt, session.turns, session.category)
-            append_dialogue(self.output, dialogue)
-            del self.sessions[session_id]
-            return dialogue
+            return self._save_and_close(session)
 
 
 def to_pil(image: Tensor) -> Image.Image:
@@ -227,7 +310,40 @@ def _get(payload: dict, key: str, kind: type | tuple[type, ...], required: bool 
         return default
     if isinstance(value, bool) or not isinstance(value, kind):
         raise RequestError(f"field '{key}' has the wrong type ({type(value).__name__})")
+    if isinstance(value, str) and not _is_unicode(value):
+        raise RequestError(f"field '{key}' is not valid Unicode (a lone surrogate such as \\ud800)")
     return value
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be saved as UTF-8 (lone surrogates cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _read_json_body(handler: BaseHTTPRequestHandler) -> dict:
+    """The request's JSON object, its size checked against ``Content-Length`` and the 1 MiB cap first."""
+    raw = handler.headers.get("Content-Length")
+    if raw is None or not (raw.strip().isascii() and raw.strip().isdigit()):
+        raise RequestError(f"Content-Length must be a non-negative integer, got {raw!r}")
+    length = int(raw)
+    if length > _MAX_BODY:
+        raise RequestError(f"request too large ({length} bytes; at most {_MAX_BODY})", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+    body = handler.rfile.read(length)
+    try:
+        payload = json.loads(body.decode("utf-8") or "null")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"the body is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise RequestError(f"invalid JSON ({e})") from None
+    except RecursionError:
+        raise RequestError("invalid JSON (nested too deeply)") from None
+    if not isinstance(payload, dict):
+        raise RequestError("expected a JSON object")
+    return payload
 
 
 def _round_reply(session: Session, images: Tensor) -> dict:
@@ -252,6 +368,11 @@ def _handler(studio: Studio) -> type[BaseHTTPRequestHandler]:
 
         def _json(self, status: HTTPStatus, obj: dict) -> None:
             self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own errors (a malformed request line, an unsupported method) as JSON too."""
+            self.close_connection = True
+            self._json(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase})
 
         def _local(self) -> bool:
             host = (self.headers.get("Host") or "").split(":")[0]  # the server binds 127.0.0.1: no IPv6 hosts
@@ -280,15 +401,14 @@ def _handler(studio: Studio) -> type[BaseHTTPRequestHandler]:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path}"})
                 return
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > _MAX_BODY:
-                    raise RequestError("request too large")
-                payload = json.loads(self.rfile.read(length) or b"null")
-                if not isinstance(payload, dict):
-                    raise RequestError("expected a JSON object")
-                reply = routes[self.path](payload)
-            except (RequestError, json.JSONDecodeError, UnicodeDecodeError) as e:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+                reply = routes[self.path](_read_json_body(self))
+            except RequestError as e:
+                self.close_connection = True  # the body may be unread
+                self._json(e.status, {"error": str(e)})
+                return
+            except Exception as e:  # noqa: BLE001 - a fault of the tool still gets a JSON reply
+                logger.exception("interact: %s failed", self.path)
+                self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"the tool failed: {type(e).__name__}: {e}"})
                 return
             self._json(HTTPStatus.OK, reply)
 
@@ -328,11 +448,15 @@ def make_server(studio: Studio, host: str = "127.0.0.1", port: int = 0) -> Threa
 
 
 def _ask(question: str, stdin: TextIO, stdout: TextIO) -> str | None:
-    """Prints ``question`` and reads one line (stripped); None at the end of input."""
-    stdout.write(question)
-    stdout.flush()
-    line = stdin.readline()
-    return None if not line else line.strip()
+    """Prints ``question`` and reads one line (stripped); None at the end of input. A line that is not valid
+    UTF-8 (it would make the dialogue unsavable) is refused and asked again."""
+    while True:
+        stdout.write(question)
+        stdout.flush()
+        line = stdin.readline()
+        if _is_unicode(line):
+            return None if not line else line.strip()
+        stdout.write("  that line is not valid UTF-8 text; please type it again\n")
 
 
 def run_terminal(studio: Studio, stdin: TextIO, stdout: TextIO) -> list[Dialogue]:
@@ -418,6 +542,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--host", type=str, default="127.0.0.1", help="Must be 127.0.0.1 or localhost.")
     parser.add_argument("--port", type=int, default=8765, help="Port (0: any free port; the URL is printed).")
     parser.add_argument("--terminal", type=bool, default=False, help="Run in the terminal instead of a web page.")
+    parser.add_argument("--session_timeout", type=float, default=3600.0,
+                        help="Seconds a web session may stay idle before it is saved and closed (not in the terminal).")
     return parser
 
 
@@ -444,7 +570,7 @@ def studio_from_args(cfg: Namespace) -> Studio:
         backbone.load_lora(cfg.lora)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     return Studio(backbone.to(device), objects.refiner, cfg.output, cfg.num_images, cfg.num_inference_steps,
-                  cfg.guidance_scale, cfg.eta, cfg.seed, cfg.category)
+                  cfg.guidance_scale, cfg.eta, cfg.seed, cfg.category, cfg.session_timeout)
 
 
 def main(argv: list[str]) -> None:
@@ -452,6 +578,9 @@ def main(argv: list[str]) -> None:
     cfg = parse_args(argv)
     studio = studio_from_args(cfg)
     if cfg.terminal:
+        studio.session_timeout = float("inf")  # one person at the keyboard: a session never idles out
+        if hasattr(sys.stdin, "reconfigure"):  # undecodable bytes become lone surrogates, which _ask refuses
+            sys.stdin.reconfigure(errors="surrogateescape")
         run_terminal(studio, sys.stdin, sys.stdout)
         return
     server = make_server(studio, cfg.host, cfg.port)
