@@ -3,6 +3,10 @@
 Work in progress lives beside its destination (same file system, so the final rename is atomic) under a name
 that nothing mistakes for a result: a dot, ``tmp-``, digits, ``.partial``. In particular it never contains the
 destination's name: Lightning's ``ckpt_path="last"`` takes any file whose name contains ``last``.
+
+What is published gets the modes of a plain ``open``/``mkdir`` under the process's umask (files ``0644`` and
+folders ``0755`` under the usual ``022``), also where a library wrote a file ``0600`` into the work folder, so a
+colleague can read the results.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _publish_modes(tmp)
     old = None
     if path.exists():
         old = _create_partial(path.parent, os.mkdir)
@@ -43,13 +48,30 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; on success it is renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_partial(path.parent, lambda name: os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)))
+    tmp = _create_partial(path.parent, lambda name: os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
     try:
         yield tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_modes(folder: Path) -> None:
+    """Give ``folder`` and every file and folder below it the modes ``open``/``mkdir`` give under the umask."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def _create_partial(directory: Path, create: Callable[[str], object]) -> Path:
