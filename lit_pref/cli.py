@@ -103,8 +103,8 @@ def missing_paths(config: Namespace) -> list[tuple[str, str]]:
     data = config.get("data")
     init_args = data.get("init_args") if isinstance(data, Namespace) else None
     if isinstance(init_args, Namespace):
-        for key, value in init_args.items():
-            if (key == "path" or key.endswith("_path")) and isinstance(value, str):
+        for key, value in vars(init_args).items():  # the data module's own arguments, not nested class paths
+            if (key == "path" or key.endswith("_path")) and key != "class_path" and isinstance(value, str):
                 found.append((f"data.init_args.{key}", value))
     ckpt = config.get("ckpt_path")
     if isinstance(ckpt, str) and ckpt not in SPECIAL_CKPT_PATHS and not ckpt.startswith("registry:"):

@@ -47,6 +47,12 @@ PAGE = """<!doctype html>
      your feedback. <b>Finish and save</b> stores the whole session as one training dialogue.</p>
 </header>
 
+<details id="info" hidden>
+  <summary>What this model understands</summary>
+  <div id="vocabulary"></div>
+  <div id="feedback-help"></div>
+</details>
+
 <section id="start">
   <label for="prompt">What should the image show?</label>
   <textarea id="prompt" placeholder="a small red circle on a white background"></textarea>
@@ -84,12 +90,6 @@ PAGE = """<!doctype html>
 </section>
 
 <p><span id="status" role="status"></span><progress id="progress" max="1" value="0" hidden></progress></p>
-
-<details id="info" hidden>
-  <summary>What this model understands</summary>
-  <div id="vocabulary"></div>
-  <div id="feedback-help"></div>
-</details>
 
 <script>
 "use strict";
