@@ -6,9 +6,11 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from callbacks.sample_grid import captioned_grid, log_image
 from lit_pref.rewards import Scorer, win_rate
+from lit_pref.rewards.win_rate import WinRate as WinRateResult
 
 
 class _Evaluation(Callback):
@@ -26,6 +28,7 @@ class _Evaluation(Callback):
         seed: int = 0,
         every_n_steps: int | None = None,
         grid_images: int = 8,
+        batch_size: int = 32,
     ) -> None:
         """
         Args:
@@ -38,9 +41,12 @@ class _Evaluation(Callback):
             every_n_steps: Also evaluate every this many optimizer steps (``None``: only after validation).
             grid_images: Evaluated samples (for ``WinRate``: policy / reference pairs) logged to TensorBoard as an
                 image grid with their scores written under them, one sample of every prompt first; 0 logs none.
+            batch_size: Images sampled at once (the same images for any value: every image has its own noise).
         """
         if not scorers or not prompts:
             raise ValueError("need at least one scorer and one prompt")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if grid_images < 0:
             raise ValueError(f"grid_images must be >= 0, got {grid_images}")
         self.scorers = scorers  # held here, never registered on the LightningModule
@@ -49,22 +55,33 @@ class _Evaluation(Callback):
         self.guidance_scale = guidance_scale
         self.seed = seed
         self.every_n_steps = every_n_steps
+        self.batch_size = batch_size
         # sample i is repeat i % n of prompt i // n: repeat 0 of every prompt first, then repeat 1, ...
         n = num_images_per_prompt
         self.grid_indices = sorted(range(len(self.texts)), key=lambda i: (i % n, i // n))[:grid_images]
         self._last_step: int | None = None
 
     @torch.no_grad()
-    def sample(self, pl_module: LightningModule) -> Tensor:
-        """Images in [0, 1] for every (prompt, repeat); image i always starts from the noise of seed + i.
-        Sampled in eval mode (no LoRA dropout), also when called during training."""
+    def sample(self, pl_module: LightningModule, desc: str = "evaluation") -> Tensor:
+        """Images in [0, 1] for every (prompt, repeat), ``batch_size`` at a time; image i always starts from the
+        noise of seed + i. Sampled in eval mode (no LoRA dropout), also when called during training. A progress bar
+        (``desc``) counts the images when the Trainer shows one."""
         backbone = pl_module.backbone
-        generators = [torch.Generator(backbone.device).manual_seed(self.seed + i) for i in range(len(self.texts))]
+        trainer = pl_module._trainer
+        quiet = trainer is None or trainer.progress_bar_callback is None or not trainer.is_global_zero
         modes = {module: module.training for module in pl_module.modules()}
         pl_module.eval()
         try:
-            return backbone.sample(self.texts, num_inference_steps=self.num_inference_steps,
-                                   guidance_scale=self.guidance_scale, generator=generators)
+            images = []
+            with tqdm(total=len(self.texts), desc=desc, unit="img", leave=False, disable=quiet) as bar:
+                for start in range(0, len(self.texts), self.batch_size):
+                    texts = self.texts[start : start + self.batch_size]
+                    generators = [torch.Generator(backbone.device).manual_seed(self.seed + start + i)
+                                  for i in range(len(texts))]
+                    images.append(backbone.sample(texts, num_inference_steps=self.num_inference_steps,
+                                                  guidance_scale=self.guidance_scale, generator=generators))
+                    bar.update(len(texts))
+            return torch.cat(images)
         finally:
             for module, training in modes.items():  # every module's own mode back, as Lightning's loops do
                 module.training = training
@@ -106,7 +123,7 @@ class RewardMetrics(_Evaluation):
     """
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        images = self.sample(pl_module)
+        images = self.sample(pl_module, "reward metrics: samples")
         scores = {name: scorer.score(images, self.texts).float() for name, scorer in self.scorers.items()}
         metrics = {}
         for name, s in scores.items():
@@ -123,19 +140,27 @@ class WinRate(_Evaluation):
     against the reference (adapters off) on the same prompts and initial noise, ties counting 0.5.
 
     Grid: ``eval/win_rate_vs_base/samples``, two policy | reference pairs a row, both with their scores.
+
+    After an evaluation, ``results`` holds each scorer's :class:`lit_pref.rewards.win_rate.WinRate` (rate, interval,
+    counts) and ``results_step`` the step it was taken at (what the end-of-run summary prints).
     """
 
+    results: dict[str, WinRateResult] = {}  # replaced (never changed in place) by each evaluation
+    results_step: int | None = None
+
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        policy = self.sample(pl_module)
+        policy = self.sample(pl_module, "win rate: policy samples")
         with pl_module.backbone.reference():
-            base = self.sample(pl_module)
-        policy_scores, base_scores, metrics = {}, {}, {}
+            base = self.sample(pl_module, "win rate: base samples")
+        policy_scores, base_scores, metrics, results = {}, {}, {}, {}
         for name, scorer in self.scorers.items():
             policy_scores[name], base_scores[name] = scorer.score(policy, self.texts), scorer.score(base, self.texts)
             result = win_rate(policy_scores[name], base_scores[name], groups=self.texts)
             metrics[f"eval/win_rate_vs_base/{name}"] = result.rate
             metrics[f"eval/win_rate_vs_base/{name}_low"] = result.low
             metrics[f"eval/win_rate_vs_base/{name}_high"] = result.high
+            results[name] = result
+        self.results, self.results_step = results, trainer.global_step
         if self.grid_indices:
             pairs = torch.stack([policy[self.grid_indices], base[self.grid_indices]], dim=1).flatten(0, 1)
             captions = [c for i in self.grid_indices

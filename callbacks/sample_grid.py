@@ -69,9 +69,10 @@ def log_image(trainer: Trainer, tag: str, image: torch.Tensor) -> None:
 
 
 class SampleGrid(Callback):
-    """At the end of every validation (and of fit), sample ``prompts`` with fixed seeds from the policy and
-    from the reference model, and log a grid to TensorBoard under ``tag``: one row per prompt, the policy's
-    image on the left, the reference's (same initial noise) on the right.
+    """At the end of every validation, sample ``prompts`` with fixed seeds from the policy and from the reference
+    model, and log a grid to TensorBoard under ``tag``: one row per prompt, the policy's image on the left, the
+    reference's (same initial noise) on the right, each captioned "policy" / "base" and its prompt, and shown at
+    least ``min_side`` pixels wide.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class SampleGrid(Callback):
         guidance_scale: float = 5.0,
         seed: int = 0,
         tag: str = "samples/policy_vs_reference",
+        min_side: int = 128,
     ) -> None:
         """
         Args:
@@ -89,6 +91,7 @@ class SampleGrid(Callback):
             guidance_scale: Classifier-free guidance scale.
             seed: Seed of the initial noise; the same for every logging, so grids are comparable over time.
             tag: TensorBoard image tag.
+            min_side: Smallest width an image is shown at (small images are enlarged by a whole factor).
         """
         if not prompts:
             raise ValueError("SampleGrid needs at least one prompt")
@@ -97,10 +100,11 @@ class SampleGrid(Callback):
         self.guidance_scale = guidance_scale
         self.seed = seed
         self.tag = tag
+        self.min_side = min_side
 
     @torch.no_grad()
     def grid(self, pl_module: LightningModule) -> torch.Tensor:
-        """The (3, H, W) grid image in [0, 1]: policy | reference for every prompt."""
+        """The (3, H, W) grid image in [0, 1]: policy | reference for every prompt, captioned."""
         backbone = pl_module.backbone
         kwargs = dict(num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale)
         policy = backbone.sample(self.prompts, generator=torch.Generator(backbone.device).manual_seed(self.seed), **kwargs)
@@ -109,7 +113,8 @@ class SampleGrid(Callback):
                 self.prompts, generator=torch.Generator(backbone.device).manual_seed(self.seed), **kwargs
             )
         pairs = torch.stack([policy, reference], dim=1).flatten(0, 1)  # p0, r0, p1, r1, ...
-        return make_grid(pairs.float().cpu(), nrow=2, padding=2, pad_value=1.0)
+        captions = [f"{label}\n{prompt}" for prompt in self.prompts for label in ("policy", "base")]
+        return captioned_grid(pairs, captions, nrow=2, min_side=self.min_side)
 
     def _log(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Every rank samples (a sharded model needs all ranks in its forward); rank 0 logs.

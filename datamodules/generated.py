@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_pref.io import atomic_dir, atomic_file
 
@@ -95,6 +96,8 @@ class GeneratedPairsDataModule(PreferencePairDataModule):
         """Generate the data set unless an identical one is already on disk."""
         if self._up_to_date():
             return
+        rank_zero_info(f"Generating {self.num_pairs} training and {self.num_val_pairs} validation pairs into "
+                       f"{self.data_dir} (once: later runs with the same parameters reuse them)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "meta.json").unlink(missing_ok=True)  # invalid until rewritten
         self.write_pairs(self.data_dir / "train.parquet", self.num_pairs, self.seed, "train")

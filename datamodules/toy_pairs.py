@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import TOY_PIPELINE
@@ -49,19 +50,24 @@ def sample_labelled_pairs(
     guidance_scale: float,
     seed: int,
     batch_size: int = 64,
+    desc: str | None = None,
 ) -> pa.Table:
     """Sample two images per pair (prompts cycled in a seeded order, every image its own noise seed) and label
-    them; the table has the Pick-a-Pic columns plus the hidden rewards ``reward_0`` and ``reward_1``."""
+    them; the table has the Pick-a-Pic columns plus the hidden rewards ``reward_0`` and ``reward_1``. With
+    ``desc``, a progress bar so named counts the sampled images."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(num_pairs) % len(prompt_list)
     pair_prompts = [prompt_list[i] for i in order]
     texts = [p for p in pair_prompts for _ in range(2)]  # pair i: images 2i and 2i+1
     images = []
+    bar = tqdm(total=len(texts), desc=desc, unit="img", disable=desc is None)
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
         generators = [torch.Generator(backbone.device).manual_seed(seed * 1_000_003 + start + j) for j in range(len(chunk))]
         images.append(backbone.sample(chunk, num_inference_steps=num_inference_steps,
                                       guidance_scale=guidance_scale, generator=generators).cpu())
+        bar.update(len(chunk))
+    bar.close()
     images = torch.cat(images)
     images_0, images_1 = images[0::2], images[1::2]
     rewards_0 = labeller.reward.score(images_0, pair_prompts)
@@ -150,5 +156,5 @@ class ToyPreferenceDataModule(GeneratedPairsDataModule):
         labeller = BradleyTerryLabeller(ToyGroundTruthReward(), self.temperature, self.tie_margin, seed)
         prompt_list = prompts("train" if split == "train" else "heldout")
         table = sample_labelled_pairs(backbone, prompt_list, num_pairs, labeller, self.num_inference_steps,
-                                      self.guidance_scale, seed)
+                                      self.guidance_scale, seed, desc=f"toy {split} pairs")
         write_pairs_parquet(table, path)

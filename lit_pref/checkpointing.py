@@ -1,5 +1,5 @@
-"""Checkpoint files written atomically, and the trainable weights read back from a file or a DeepSpeed folder
-(never unpickling anything but tensors and the few types DeepSpeed's files need)."""
+"""Checkpoint files written atomically, ``last.ckpt`` always the final state, and the trainable weights read back
+from a file or a DeepSpeed folder (never unpickling anything but tensors and the few types DeepSpeed's files need)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
@@ -97,3 +99,24 @@ def deepspeed_weights_only(folder: str | os.PathLike) -> Iterator[None]:
             os.environ.pop(key, None)
             if value is not None:
                 os.environ[key] = value
+class FinalLastCheckpoint(Callback):
+    """Make every ``ModelCheckpoint(save_last=True)``'s ``last.ckpt`` the state at the end of training.
+
+    Lightning writes ``last`` only together with a top-k save (or a ``save_last="link"``), so when the monitored
+    metric got worse at the final validation ``last.ckpt`` keeps an earlier step, while the exported LoRA is the
+    final one. At the end of training this writes ``last`` again wherever the final step was not saved.
+    ``python -m lit_pref`` adds it to every run.
+    """
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint) or not callback.save_last:
+                continue
+            if getattr(callback, "_last_global_step_saved", None) == trainer.global_step:
+                continue  # Lightning saved (or linked) last.ckpt at this very step
+            path = callback.format_checkpoint_name(callback._monitor_candidates(trainer), callback.CHECKPOINT_NAME_LAST)
+            if os.path.islink(path):  # save_last="link": replace the link by the final state
+                os.unlink(path)
+            callback.last_model_path = path
+            trainer.save_checkpoint(path, weights_only=callback.save_weights_only)
+            callback._last_global_step_saved = trainer.global_step

@@ -2,22 +2,69 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from lit_pref.checkpointing import AtomicCheckpointIO
+# Imported so that their classes are known subclasses: ``--model TrajectoryDPO`` and ``--model.help TrajectoryDPO``
+# resolve short names, and ``fit --help`` can list them.
+import callbacks
+import datamodules
+import lit_pref.modules
+import lit_pref.modules.pretrain
+from callbacks.run_summary import RunSummary
+from callbacks.tensorboard_layout import TensorBoardLayout
+from lit_pref.checkpointing import AtomicCheckpointIO, FinalLastCheckpoint
+
+PROG = "python -m lit_pref"
+# ckpt_path values Lightning resolves itself (not files)
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def _class_names(package: Any, base: type) -> list[str]:
+    """Names of the ``base`` subclasses that ``package`` exports."""
+    return sorted(n for n in dir(package) if isinstance(getattr(package, n), type) and issubclass(getattr(package, n), base)
+                  and getattr(package, n) is not base)
+
+
+def fit_description() -> str:
+    """``fit --help``'s description: the methods and data modules by the short names ``--model``/``--data`` take."""
+    methods = _class_names(lit_pref.modules, LightningModule) + _class_names(lit_pref.modules.pretrain, LightningModule)
+    data = _class_names(datamodules, LightningDataModule)
+    return (f"Train a model. Methods (--model NAME): {', '.join(methods)}. Data modules (--data NAME): "
+            f"{', '.join(data)}. Callbacks: {', '.join(callbacks.__all__)} (callbacks.NAME). "
+            f"`{PROG} fit --model.help NAME` lists a class's options; configs/ holds a recipe of each method.")
+
+
+class LitPrefArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser; a parse error prints its message first and one line pointing to ``--help``, not the
+    whole usage."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        sys.stderr.write(f"error: {message.strip()}\n(`{parser.prog.replace(' [options]', '')} --help` lists the "
+                         f"options)\n")
+        self.exit(2)
 
 
 class LitPrefCLI(LightningCLI):
     """LightningCLI with class paths for model and data, and optimizers injected into the modules.
 
-    ``model`` and ``data`` take ``class_path``/``init_args`` (any LightningModule / LightningDataModule);
-    the module builds its own optimizer from its ``optimizer`` argument, so there is no top-level
-    ``--optimizer``. Checkpoint files are written atomically (:class:`lit_pref.checkpointing.AtomicCheckpointIO`)
-    unless ``trainer.plugins`` names another ``CheckpointIO``.
+    ``model`` and ``data`` take ``class_path``/``init_args`` (any LightningModule / LightningDataModule; lit_pref's
+    own also by their short name); the module builds its own optimizer from its ``optimizer`` argument, so there is
+    no top-level ``--optimizer``. Checkpoint files are written atomically
+    (:class:`lit_pref.checkpointing.AtomicCheckpointIO`) unless ``trainer.plugins`` names another ``CheckpointIO``;
+    ``last.ckpt`` always holds the final state (:class:`lit_pref.checkpointing.FinalLastCheckpoint`). Data paths
+    (``data.init_args.path`` / ``*_path``) and ``ckpt_path`` are checked before anything is built, so a wrong path
+    costs no model load and leaves no run folder. Every run writes a TensorBoard layout (:class:`callbacks.TensorBoardLayout`) and ends with a
+    summary (:class:`callbacks.RunSummary`).
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
@@ -28,9 +75,18 @@ class LitPrefCLI(LightningCLI):
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
+            parser_class=LitPrefArgumentParser,
+            parser_kwargs={"prog": PROG, "fit": {"description": fit_description()}},
+            trainer_defaults={"callbacks": [FinalLastCheckpoint(), TensorBoardLayout(), RunSummary()]},
             args=args,
             run=run,
         )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        missing = missing_paths(config)
+        if missing:
+            raise SystemExit("error: " + "; ".join(f"{key}: no such file or folder: {value}" for key, value in missing))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         plugins = kwargs.get("plugins", self._get(self.config_init, "trainer.plugins")) or []
@@ -38,3 +94,19 @@ class LitPrefCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
+
+
+def missing_paths(config: Namespace) -> list[tuple[str, str]]:
+    """``(key, value)`` of every local path in ``config`` that does not exist: ``data.init_args.path`` and
+    ``data.init_args.*_path`` (input data) and ``ckpt_path`` (unless one of Lightning's names such as ``last``)."""
+    found = []
+    data = config.get("data")
+    init_args = data.get("init_args") if isinstance(data, Namespace) else None
+    if isinstance(init_args, Namespace):
+        for key, value in vars(init_args).items():  # the data module's own arguments, not nested class paths
+            if (key == "path" or key.endswith("_path")) and key != "class_path" and isinstance(value, str):
+                found.append((f"data.init_args.{key}", value))
+    ckpt = config.get("ckpt_path")
+    if isinstance(ckpt, str) and ckpt not in SPECIAL_CKPT_PATHS and not ckpt.startswith("registry:"):
+        found.append(("ckpt_path", ckpt))
+    return [(key, value) for key, value in found if "://" not in value and not Path(value).exists()]

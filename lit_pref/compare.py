@@ -14,7 +14,10 @@ Rules:
 
 - A RUN_DIR holding event files is one run (all its ``events.out.tfevents.*`` read in order, so a resumed run
   is one curve); otherwise every folder below it that holds event files is a run (a parent of ``version_N``
-  folders, or a whole ``runs/``). A run is named by its path relative to the common parent of all runs.
+  folders, or a whole ``runs/``). A run is named by its path relative to the common parent of all runs; a
+  single run by its folder as given (``runs/demo/version_0``), so the figure says which run it shows.
+- Win-rate panels (a tag containing ``win_rate``) draw the 50% line: above it the policy beats what it is
+  compared with.
 - "final" is the value at the largest step; a step logged twice (a resumed run) keeps the later value.
 - "best" is the maximum, except for tags whose last part contains ``loss``, ``mse`` or ``error``, where it is
   the minimum; its step is the first step that reached it. NaN values are never best.
@@ -101,11 +104,28 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], prefixes: Sequence[str] = (
     """
     dirs = list(dict.fromkeys(d.resolve() for run_dir in run_dirs for d in find_run_dirs(run_dir)))
     common = Path(os.path.commonpath(dirs))
-    runs = [Run(d.name if d == common else d.relative_to(common).as_posix(), d, read_scalars(d, prefixes)) for d in dirs]
+    if len(dirs) == 1:
+        names = [shown_path(dirs[0])]
+    else:
+        names = [d.relative_to(common).as_posix() for d in dirs]
+    runs = [Run(name, d, read_scalars(d, prefixes)) for name, d in zip(names, dirs)]
     if not any(run.scalars for run in runs):
         raise ValueError(f"no scalar tagged {' or '.join(p + '*' for p in prefixes)} in any run: "
                          f"{', '.join(str(run.path) for run in runs)}")
     return runs
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working folder when it lies below it, else absolute."""
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def is_win_rate(tag: str) -> bool:
+    """Win-rate panels get the 50% line."""
+    return "win_rate" in tag
 
 
 def lower_is_better(tag: str) -> bool:
@@ -212,6 +232,8 @@ def draw_panel(image: Image.Image, box: tuple[int, int], tag: str, band: str | N
     steps = [s for _, series in curves for s, _ in series]
     values = [v for _, series in curves for _, v in series] + [v for lo, hi in bands.values() for _, v in lo + hi]
     values = [v for v in values if math.isfinite(v)] or [0.0]
+    if is_win_rate(tag):
+        values.append(0.5)  # the 50% line always in view
     (sx0, sx1), (vy0, vy1) = _padded(min(steps), max(steps)), _padded(min(values), max(values))
 
     def to_xy(step: float, value: float) -> tuple[float, float]:
@@ -229,6 +251,11 @@ def draw_panel(image: Image.Image, box: tuple[int, int], tag: str, band: str | N
         draw.line([(x, bottom), (x, bottom + 4)], fill="black")
         draw.text((x, bottom + 6), f"{t:.{decimals}f}", fill="black", font=font, anchor="mt")
     draw.rectangle([left, top, right, bottom], outline="black")
+    if is_win_rate(tag):  # dashed line at 50%
+        y = to_xy(sx0, 0.5)[1]
+        for x in range(left, right, 8):
+            draw.line([(x, y), (min(x + 4, right), y)], fill=(90, 90, 90), width=1)
+        draw.text((right - 3, y - 2), "50%", fill=(90, 90, 90), font=font, anchor="rb")
     draw.text(((left + right) / 2, y0 + height - 6), "step", fill="black", font=font, anchor="mb")
 
     for i, (low, high) in bands.items():  # one overlay a band, so that overlapping bands blend

@@ -6,8 +6,11 @@ destination's name: Lightning's ``ckpt_path="last"`` takes any file whose name c
 
 Replacing a folder takes two renames (the old one aside, the new one in); a journal (``.tmp-*.swap.partial``)
 names both while they happen, so a kill between them is undone the next time :func:`atomic_dir` writes that
-destination (or :func:`recover_dir` is called): the new folder, complete by then, is moved in. Files are created
-``0644`` (less the umask), never executable.
+destination (or :func:`recover_dir` is called): the new folder, complete by then, is moved in.
+
+What is published gets the modes of a plain ``open``/``mkdir`` under the process's umask (files ``0644`` and
+folders ``0755`` under the usual ``022``), also where a library wrote a file ``0600`` into the work folder, so a
+colleague can read the results.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _publish_modes(tmp)
     if not path.exists():
         os.replace(tmp, path)
         return
@@ -94,6 +98,23 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_modes(folder: Path) -> None:
+    """Give ``folder`` and every file and folder below it the modes ``open``/``mkdir`` give under the umask."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def _create_partial(directory: Path, create: Callable[[str], object]) -> Path:

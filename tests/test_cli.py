@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,7 @@ def demo_run(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "lit_pref", "fit", *demo_args(tmp, 6)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
+    (tmp / "fit.stdout").write_text(proc.stdout)
     return tmp, tmp / "runs" / "demo" / "version_0"
 
 
@@ -69,11 +71,32 @@ def test_demo_fit_writes_events_config_checkpoints_and_lora(demo_run):
     first = events.Scalars("train/loss")[0]
     assert first.step == 0 and first.value == pytest.approx(math.log(2), abs=1e-5)  # LoRA B = 0 at step 0
     images = events.Images("samples/policy_vs_reference")
-    assert images and images[-1].width == 2 * 34 + 2 and images[-1].height == 3 * 34 + 2  # 3 prompts x (policy, ref)
+    # 3 prompts x (policy, base), 32 px images shown at 128 px with a caption under each, 2 px padding
+    assert images and images[-1].width == 2 * 130 + 2 and images[-1].height > 3 * 130
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     lora = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
     assert any(k.endswith("lora.up.weight") and v.abs().sum() > 0 for k, v in lora.items())
     assert (run / "lora_best" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_demo_ends_with_its_win_rate_and_what_to_run_next_and_opens_tensorboard_on_it(demo_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    tmp, run = demo_run
+    out = (tmp / "fit.stdout").read_text()
+    assert re.search(r"Win rate vs base \(hidden\): [\d.]+%, 95% interval \[[\d.]+%, [\d.]+%\] on \d+ pairs at step 6", out)
+    assert f"Run folder: {run}" in out and f"--logdir {run}" in out and f"-m lit_pref compare {run.parent}" in out
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").stat().st_mode & 0o777 == 0o644
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    events.Reload()
+    layout = layout_pb2.Layout.FromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {chart.title: chart for chart in layout.category[0].chart}
+    margin = charts["win rate vs base: hidden (95% interval)"].margin.series[0]
+    assert (margin.value, margin.lower, margin.upper) == (
+        "eval/win_rate_vs_base/hidden", "eval/win_rate_vs_base/hidden_low", "eval/win_rate_vs_base/hidden_high")
+    assert {"reward means", "loss", "implicit accuracy"} <= set(charts)
 
 
 def test_predict_writes_images_for_a_prompt_file(demo_run, run_cli):

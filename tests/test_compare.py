@@ -142,5 +142,22 @@ def test_compare_is_a_subcommand(run_cli, tmp_path):
     logger.log_metrics({"val/loss": 0.375}, step=3)
     logger.finalize("success")
     proc = run_cli("compare", str(tmp_path / "run"), "--out", str(tmp_path / "c.png"))
-    assert "| val/loss | version_0 | 0.375 | 3 | 0.25 | 2 | min |" in proc.stdout
+    assert f"| val/loss | {(tmp_path / 'run' / 'version_0').resolve()} | 0.375 | 3 | 0.25 | 2 | min |" in proc.stdout
     assert (tmp_path / "c.png").stat().st_size > 0 and "wrote" in proc.stderr
+
+
+def test_win_rate_panels_draw_the_50_percent_line_and_a_single_run_is_named_by_its_folder(tmp_path, monkeypatch):
+    logger = TensorBoardLogger(tmp_path / "runs", name="demo", version=0)
+    for step, value in ((99, 0.7), (199, 0.8)):  # far above 50%: the line is drawn only if the panel makes room
+        logger.log_metrics({"eval/win_rate_vs_base/hidden": value, "eval/win_rate_vs_base/hidden_low": value - 0.1,
+                            "eval/win_rate_vs_base/hidden_high": value + 0.1, "eval/score": value}, step=step)
+    logger.finalize("success")
+    monkeypatch.chdir(tmp_path)
+    runs = compare.load_runs(["runs/demo"], ["eval/"])
+    assert [run.name for run in runs] == ["runs/demo/version_0"]
+    image = compare.draw_figure(runs, ["eval/"])
+    assert [tag for tag, _ in compare.panels(runs, ["eval/"])] == ["eval/score", "eval/win_rate_vs_base/hidden"]
+    width = compare.PANEL_SIZE[0]
+    dashes = [sum(1 for x in range(k * width, (k + 1) * width) for y in range(compare.PANEL_SIZE[1])
+                  if image.getpixel((x, y)) == (90, 90, 90)) for k in range(2)]
+    assert dashes[0] == 0 and dashes[1] > 100, dashes

@@ -172,3 +172,28 @@ def test_shipped_interact_configs_parse(name):
 def test_default_refiner_is_the_template_refiner(tmp_path):
     studio = studio_from_args(parse_args([*FAST, "--output", str(tmp_path / "d.jsonl")]))
     assert isinstance(studio.refiner, TemplateRefiner) and studio.num_images == 4
+
+
+def test_info_and_progress_endpoints(server):
+    srv, studio = server
+    assert _request(srv, "/api/progress") == (200, {"step": 0, "steps": 0})  # idle
+    status, info = _request(srv, "/api/info")
+    assert status == 200 and info["model"] == "toy" and "triangle" in info["vocabulary"]["shapes"]
+    assert "move it to the centre" in info["feedback"]
+    seen = []
+    studio.backbone.unet.register_forward_hook(lambda *args: seen.append(studio.progress.as_dict()))
+    _request(srv, "/api/start", {"prompt": RED})
+    # this hook runs before the counter's: each UNet call (one a DDIM step) sees the steps finished before it
+    assert seen == [{"step": k, "steps": 2} for k in (0, 1)]
+    assert studio.progress.as_dict() == {"step": 0, "steps": 0}
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"port {port} is in use.*--port"):
+            main([*FAST, "--output", str(tmp_path / "d.jsonl"), "--port", str(port)])

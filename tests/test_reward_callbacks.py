@@ -63,3 +63,11 @@ def test_win_rate_is_one_half_when_the_policy_equals_the_base_and_matches_recomp
         base = changed.sample(model)
     expected = win_rate(policy.mean(dim=(1, 2, 3)), base.mean(dim=(1, 2, 3)), groups=changed.texts).rate
     assert abs(logged - expected) < 1e-6 and expected != 0.5
+
+
+def test_evaluation_samples_do_not_depend_on_the_batch_size():
+    model = TrajectoryDPO(DiffusionBackbone.tiny(), loss=DiffusionDPOLoss(),
+                          optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+    one, three = (RewardMetrics({"brightness": Brightness()}, PROMPTS, num_images_per_prompt=2, num_inference_steps=2,
+                                batch_size=size) for size in (1, 3))
+    torch.testing.assert_close(one.sample(model), three.sample(model), atol=1e-5, rtol=0)

@@ -10,6 +10,9 @@ header names localhost only (DNS rebinding); its POST endpoints take and return 
 application/json`` is required, so another web site cannot post a plain form to them):
 
 - ``GET /``: the page (:mod:`lit_pref.vca.page`).
+- ``GET /api/progress`` -> ``{"step", "steps"}``: the denoising step of the generation in progress (0 of 0 when
+  idle); ``GET /api/info`` -> ``{"model", "vocabulary", "feedback"}``: what the model and the refiner understand
+  (:func:`lit_pref.vca.info.model_info`).
 - ``POST /api/start`` ``{"prompt", "category"?}`` -> ``{"session_id", "round": 1, "prompt", "images"}``
   (``images``: K PNG data URIs).
 - ``POST /api/choose`` ``{"session_id", "chosen", "feedback", "satisfaction"?}`` -> ``{"round", "next_prompt"}``:
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import io
+import errno
 import json
 import logging
 import sys
@@ -54,6 +58,7 @@ from datamodules.dialogues import Dialogue, Turn, append_dialogue
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import lora_config
 from lit_pref.io import atomic_file
+from lit_pref.vca.info import Progress, model_info
 from lit_pref.vca.page import PAGE
 from lit_pref.vca.refiner import PromptRefiner
 
@@ -162,6 +167,7 @@ class Studio:
         self.journal_dir = self.output.parent / f"{self.output.stem}_sessions"
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
+        self.progress = Progress()  # read without the lock, while a generation holds it
         self.recover()
 
     # ------------------------------------------------------------------ persistence and expiry
@@ -218,13 +224,14 @@ class Studio:
         """Samples K images of ``prompt``, writes them as PNG files and makes them the pending round."""
         generator = torch.Generator(self.backbone.device).manual_seed(self.next_seed)
         self.next_seed += 1
-        images = self.backbone.sample(
-            [prompt] * self.num_images,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            eta=self.eta,
-            generator=generator,
-        ).float().cpu()
+        with self.progress.counting(self.backbone.unet, self.num_inference_steps):
+            images = self.backbone.sample(
+                [prompt] * self.num_images,
+                num_inference_steps=self.num_inference_steps,
+                guidance_scale=self.guidance_scale,
+                eta=self.eta,
+                generator=generator,
+            ).float().cpu()
         t = session.round
         names = [f"{self.image_root.name}/{session.dialogue_id}/r{t}_{k}.png" for k in range(len(images))]
         for name, image in zip(names, images):
@@ -384,7 +391,12 @@ def _handler(studio: Studio) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if not self._local():
                 return
-            if self.path.split("?", 1)[0] != "/":
+            path = self.path.split("?", 1)[0]
+            if path in ("/api/progress", "/api/info"):  # the generation's step; what the model understands
+                self._json(HTTPStatus.OK, studio.progress.as_dict() if path == "/api/progress"
+                           else model_info(studio.backbone.model_name, studio.refiner))
+                return
+            if path != "/":
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
                 return
             self._send(HTTPStatus.OK, PAGE.encode("utf-8"), "text/html; charset=utf-8")
@@ -583,7 +595,13 @@ def main(argv: list[str]) -> None:
             sys.stdin.reconfigure(errors="surrogateescape")
         run_terminal(studio, sys.stdin, sys.stdout)
         return
-    server = make_server(studio, cfg.host, cfg.port)
+    try:
+        server = make_server(studio, cfg.host, cfg.port)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise SystemExit(f"lit_pref interact: port {cfg.port} is in use (another interact?); choose another with "
+                         f"--port N, or --port 0 for any free port") from None
     print(f"lit_pref interact: open http://127.0.0.1:{server.server_address[1]}/  (Ctrl+C to stop; "
           f"dialogues go to {studio.output})", flush=True)
     try:

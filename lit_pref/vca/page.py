@@ -1,7 +1,9 @@
 """The single web page of the interactive tool (HTML, CSS and JavaScript, no external files or libraries).
 
 It drives the JSON endpoints of :mod:`lit_pref.vca.interact`: ``/api/start``, ``/api/choose``, ``/api/next`` and
-``/api/finish``. User text is only ever inserted with ``textContent`` (never as HTML).
+``/api/finish``; while a round generates it polls ``/api/progress`` and shows the denoising step, and on load it
+asks ``/api/info`` what the model and the refiner understand. A server that does not answer gets a sentence that
+says so, not the browser's "Failed to fetch". User text is only ever inserted with ``textContent`` (never as HTML).
 """
 
 PAGE = """<!doctype html>
@@ -33,6 +35,9 @@ PAGE = """<!doctype html>
   #history img { width: 48px; height: 48px; image-rendering: pixelated; border-radius: 3px; }
   #status { min-height: 1.4rem; color: #1d4ed8; }
   #status.error { color: #b91c1c; }
+  #progress { width: 20rem; vertical-align: middle; margin-left: 0.6rem; }
+  #info ul { margin: 0.3rem 0; }
+  #info code { background: #f4f4f4; padding: 0 0.2rem; }
 </style>
 </head>
 <body>
@@ -41,6 +46,12 @@ PAGE = """<!doctype html>
   <p>Describe an image, pick the best of the results and say what to change. Each round the prompt is refined from
      your feedback. <b>Finish and save</b> stores the whole session as one training dialogue.</p>
 </header>
+
+<details id="info" hidden>
+  <summary>What this model understands</summary>
+  <div id="vocabulary"></div>
+  <div id="feedback-help"></div>
+</details>
 
 <section id="start">
   <label for="prompt">What should the image show?</label>
@@ -78,7 +89,7 @@ PAGE = """<!doctype html>
   <ol id="rounds"></ol>
 </section>
 
-<p id="status" role="status"></p>
+<p><span id="status" role="status"></span><progress id="progress" max="1" value="0" hidden></progress></p>
 
 <script>
 "use strict";
@@ -88,16 +99,62 @@ const $ = (id) => document.getElementById(id);
 function status(text, error) { $("status").textContent = text; $("status").className = error ? "error" : ""; }
 function busy(on) { document.querySelectorAll("button").forEach((b) => { b.disabled = on; }); }
 
+const DOWN = "The lit_pref interact server does not answer: was it stopped? Start it again " +
+             "(python -m lit_pref interact) and reload this page.";
+
 async function api(path, body) {
   busy(true);
   try {
-    const r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
-                                  body: JSON.stringify(body) });
-    const j = await r.json();
+    let r;
+    try {
+      r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                              body: JSON.stringify(body) });
+    } catch (e) { throw new Error(DOWN); }
+    const j = await r.json().catch(() => ({ error: "The server answered " + r.status + " " + r.statusText + "." }));
     if (!r.ok) throw new Error(j.error || r.statusText);
     return j;
   } finally { busy(false); }
 }
+
+// Show "Generating: step s of n" while a round generates (polls /api/progress).
+async function generating(request) {
+  const bar = $("progress");
+  status("Generating...");
+  const timer = setInterval(async () => {
+    try {
+      const p = await (await fetch("/api/progress")).json();
+      if (p.steps > 0) {
+        bar.hidden = false; bar.max = p.steps; bar.value = p.step;
+        status("Generating: denoising step " + p.step + " of " + p.steps + "...");
+      }
+    } catch (e) { /* the request itself reports a server that is down */ }
+  }, 300);
+  try { return await request; } finally { clearInterval(timer); bar.hidden = true; }
+}
+
+function list(title, items) {
+  const p = document.createElement("p"); p.textContent = title;
+  const ul = document.createElement("ul");
+  items.forEach((t) => { const li = document.createElement("li"); li.textContent = t; ul.append(li); });
+  return [p, ul];
+}
+
+async function loadInfo() {
+  try {
+    const j = await (await fetch("/api/info")).json();
+    const v = j.vocabulary, f = j.feedback;
+    if (v) {
+      $("vocabulary").replaceChildren(...list("Model " + j.model + ": prompts of the form \u201c" + v.caption +
+        "\u201d, with", ["shapes: " + v.shapes.join(", "), "colours: " + v.colours.join(", "),
+        "sizes: " + v.sizes.join(", "), "backgrounds: " + v.backgrounds.join(", ")]));
+    } else {
+      $("vocabulary").replaceChildren(...list("Model " + j.model + ": any text prompt.", []));
+    }
+    if (f) { $("feedback-help").replaceChildren(...list("Feedback the refiner turns into prompt edits:", f)); }
+    $("info").hidden = false; $("info").open = Boolean(v);
+  } catch (e) { status(DOWN, true); }
+}
+loadInfo();
 
 function showRound(j) {
   session = j.session_id; chosen = null; images = j.images;
@@ -111,7 +168,10 @@ function showRound(j) {
     const img = document.createElement("img"); img.src = src; img.alt = "image " + (k + 1);
     const n = document.createElement("span"); n.textContent = k + 1;
     b.append(img, n);
-    b.onclick = () => { chosen = k; grid.querySelectorAll(".pick").forEach((p, i) => p.classList.toggle("selected", i === k)); };
+    b.onclick = () => {
+      chosen = k; grid.querySelectorAll(".pick").forEach((p, i) => p.classList.toggle("selected", i === k));
+      status("Image " + (k + 1) + " chosen: say what should change, then send.");
+    };
     grid.append(b);
   });
   status("Round " + j.round + ": choose an image.");
@@ -130,8 +190,7 @@ function remember(round, prompt, src, feedback) {
 $("generate").onclick = async () => {
   const prompt = $("prompt").value.trim();
   if (!prompt) { status("Type a prompt first.", true); return; }
-  status("Generating...");
-  try { showRound(await api("/api/start", { prompt })); } catch (e) { status(e.message, true); }
+  try { showRound(await generating(api("/api/start", { prompt }))); } catch (e) { status(e.message, true); }
 };
 
 $("send").onclick = async () => {
@@ -148,8 +207,8 @@ $("send").onclick = async () => {
 $("next-round").onclick = async () => {
   const prompt = $("next-prompt").value.trim();
   if (!prompt) { status("The prompt is empty.", true); return; }
-  status("Generating...");
-  try { showRound(await api("/api/next", { session_id: session, prompt })); } catch (e) { status(e.message, true); }
+  try { showRound(await generating(api("/api/next", { session_id: session, prompt }))); }
+  catch (e) { status(e.message, true); }
 };
 
 async function finish(withRound) {
