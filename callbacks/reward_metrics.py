@@ -1,5 +1,7 @@
 """Evaluation on sampled images: reward means per scorer, and the policy's win rate against the reference; each
-can log a grid of the evaluated samples with their scores."""
+can log a grid of the evaluated samples with their scores. Samples are drawn and scored ``batch_size`` at a time
+(``lit_pref.sampling.sample_and_score``, as ``python -m lit_pref evaluate`` does), so 100 samples never go through
+the VAE at once."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from torch import Tensor
 
 from callbacks.sample_grid import captioned_grid, log_image
 from lit_pref.rewards import Scorer, win_rate
+from lit_pref.sampling import sample_and_score
 
 
 class _Evaluation(Callback):
@@ -26,6 +29,7 @@ class _Evaluation(Callback):
         seed: int = 0,
         every_n_steps: int | None = None,
         grid_images: int = 8,
+        batch_size: int = 8,
     ) -> None:
         """
         Args:
@@ -38,11 +42,15 @@ class _Evaluation(Callback):
             every_n_steps: Also evaluate every this many optimizer steps (``None``: only after validation).
             grid_images: Evaluated samples (for ``WinRate``: policy / reference pairs) logged to TensorBoard as an
                 image grid with their scores written under them, one sample of every prompt first; 0 logs none.
+            batch_size: Samples drawn, decoded and scored at a time.
         """
         if not scorers or not prompts:
             raise ValueError("need at least one scorer and one prompt")
         if grid_images < 0:
             raise ValueError(f"grid_images must be >= 0, got {grid_images}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
         self.scorers = scorers  # held here, never registered on the LightningModule
         self.texts = [p for p in prompts for _ in range(num_images_per_prompt)]
         self.num_inference_steps = num_inference_steps
@@ -54,20 +62,20 @@ class _Evaluation(Callback):
         self.grid_indices = sorted(range(len(self.texts)), key=lambda i: (i % n, i // n))[:grid_images]
         self._last_step: int | None = None
 
-    @torch.no_grad()
-    def sample(self, pl_module: LightningModule) -> Tensor:
-        """Images in [0, 1] for every (prompt, repeat); image i always starts from the noise of seed + i.
-        Sampled in eval mode (no LoRA dropout), also when called during training."""
-        backbone = pl_module.backbone
-        generators = [torch.Generator(backbone.device).manual_seed(self.seed + i) for i in range(len(self.texts))]
+    def sample_and_score(self, pl_module: LightningModule) -> tuple[dict[str, Tensor], Tensor]:
+        """Scores (name -> (N,) on the CPU) of every (prompt, repeat) and the grid's images in grid order; image i
+        always starts from the noise of seed + i. Sampled in eval mode (no LoRA dropout), also during training."""
         modes = {module: module.training for module in pl_module.modules()}
         pl_module.eval()
         try:
-            return backbone.sample(self.texts, num_inference_steps=self.num_inference_steps,
-                                   guidance_scale=self.guidance_scale, generator=generators)
+            scores, kept = sample_and_score(
+                pl_module.backbone, self.texts, [self.seed + i for i in range(len(self.texts))], self.scorers,
+                self.batch_size, self.num_inference_steps, self.guidance_scale, keep=set(self.grid_indices))
         finally:
             for module, training in modes.items():  # every module's own mode back, as Lightning's loops do
                 module.training = training
+        grid = torch.stack([kept[i] for i in self.grid_indices]) if self.grid_indices else torch.zeros(0)
+        return scores, grid
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         """Sample, score, log the grid; returns the metrics (name -> value)."""
@@ -106,15 +114,14 @@ class RewardMetrics(_Evaluation):
     """
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        images = self.sample(pl_module)
-        scores = {name: scorer.score(images, self.texts).float() for name, scorer in self.scorers.items()}
+        scores, grid = self.sample_and_score(pl_module)
         metrics = {}
         for name, s in scores.items():
             metrics[f"eval/{name}"] = s.mean().item()
             metrics[f"eval/{name}_std"] = s.std().item() if len(s) > 1 else 0.0
         if self.grid_indices:
             captions = [self.caption(i, scores) for i in self.grid_indices]
-            log_image(trainer, "eval/samples", captioned_grid(images[self.grid_indices], captions, nrow=4))
+            log_image(trainer, "eval/samples", captioned_grid(grid, captions, nrow=4))
         return metrics
 
 
@@ -126,18 +133,17 @@ class WinRate(_Evaluation):
     """
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        policy = self.sample(pl_module)
+        policy_scores, policy = self.sample_and_score(pl_module)
         with pl_module.backbone.reference():
-            base = self.sample(pl_module)
-        policy_scores, base_scores, metrics = {}, {}, {}
-        for name, scorer in self.scorers.items():
-            policy_scores[name], base_scores[name] = scorer.score(policy, self.texts), scorer.score(base, self.texts)
+            base_scores, base = self.sample_and_score(pl_module)
+        metrics = {}
+        for name in self.scorers:
             result = win_rate(policy_scores[name], base_scores[name], groups=self.texts)
             metrics[f"eval/win_rate_vs_base/{name}"] = result.rate
             metrics[f"eval/win_rate_vs_base/{name}_low"] = result.low
             metrics[f"eval/win_rate_vs_base/{name}_high"] = result.high
         if self.grid_indices:
-            pairs = torch.stack([policy[self.grid_indices], base[self.grid_indices]], dim=1).flatten(0, 1)
+            pairs = torch.stack([policy, base], dim=1).flatten(0, 1)
             captions = [c for i in self.grid_indices
                         for c in (self.caption(i, policy_scores, "policy: "), self.caption(i, base_scores, "base: "))]
             log_image(trainer, "eval/win_rate_vs_base/samples", captioned_grid(pairs, captions, nrow=4))

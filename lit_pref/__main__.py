@@ -12,6 +12,7 @@ import sys
 # subcommand -> module whose ``main(argv: list[str]) -> None`` runs it
 SUBCOMMANDS: dict[str, str] = {
     "compare": "lit_pref.compare",
+    "evaluate": "lit_pref.evaluate",
     "synthesize-pairs": "lit_pref.rpo.cli",
     "interact": "lit_pref.vca.interact",
 }
