@@ -27,8 +27,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from PIL import Image
 from torchvision.utils import save_image
 from tqdm import tqdm
 
@@ -270,10 +272,9 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
 
 def _write_grid(out: Path, rows: list[dict[str, Any]], grid: list[int], scorers: dict[str, Scorer],
                 vs_base: bool) -> None:
-    from torchvision.io import ImageReadMode, read_image
-
     def load(name: str) -> torch.Tensor:
-        return read_image(str(out / "images" / name), ImageReadMode.RGB).float() / 255
+        with Image.open(out / "images" / name) as image:
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
 
     def caption(row: dict[str, Any], field: str, label: str) -> str:
         return "\n".join([f"{label}{row['prompt']}", *(f"{n} {row[field][n]:.3f}" for n in scorers)])
