@@ -103,6 +103,9 @@ def run(
     }
     _check_settings(out, settings)
     _load_weights(backbone, lora, checkpoint)
+    if not (out / SETTINGS_FILE).is_file():  # written once the weights loaded: a failed start leaves nothing
+        with atomic_file(out / SETTINGS_FILE) as tmp:
+            tmp.write_text(json.dumps(settings, indent=2))
     device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     backbone = backbone.to(device).eval()
 
@@ -149,6 +152,7 @@ def run(
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse an ``output_dir`` that holds an evaluation with other settings (its chunks would not fit)."""
     path = out / SETTINGS_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -156,9 +160,6 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
             changed = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
             raise ValueError(f"{out} holds an evaluation with other settings ({', '.join(changed)} differ); "
                              f"use another output_dir or delete this one")
-        return
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(settings, indent=2))
 
 
 def _load_weights(backbone: DiffusionBackbone, lora: str | None, checkpoint: str | None) -> None:

@@ -123,3 +123,31 @@ def test_every_evaluate_config_parses(config):
         main(["evaluate", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "suite:" in out.getvalue() and "class_path: lit_pref.rewards." in out.getvalue()
+
+
+class BatchSizes(Scorer):
+    """Mean pixel value, recording the size of every batch it scores."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def score(self, images, prompts):
+        self.sizes.append(len(images))
+        return images.mean(dim=(1, 2, 3))
+
+
+def test_callbacks_sample_and_score_in_batches_with_the_draws_of_one_batch():
+    from callbacks import RewardMetrics
+    from lit_pref.modules import TrajectoryDPO
+
+    scorer = BatchSizes()
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    callback = RewardMetrics({"b": scorer}, prompts, num_images_per_prompt=2, num_inference_steps=2, seed=5,
+                             grid_images=3, batch_size=4)
+    module = TrajectoryDPO(DiffusionBackbone.tiny())
+    scores, grid = callback.sample_and_score(module)
+    assert scorer.sizes == [4, 2]  # 6 samples, at most 4 through the UNet, VAE and scorer at a time
+    images = module.backbone.sample(callback.texts, num_inference_steps=2, guidance_scale=5.0,
+                                    generator=[torch.Generator().manual_seed(5 + i) for i in range(6)])
+    torch.testing.assert_close(scores["b"], images.mean(dim=(1, 2, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(grid, images[[0, 2, 4]], atol=1e-5, rtol=0)  # one sample of each prompt first
