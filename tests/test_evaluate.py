@@ -98,8 +98,8 @@ def test_evaluate_killed_midway_resumes_without_redoing_or_duplicating_chunks(tm
     policy = brightness()
     with backbone.reference():
         base = brightness()
-    assert torch.tensor([float(r["brightness"]) for r in rows]) == pytest.approx(policy, abs=1e-5)
-    assert torch.tensor([float(r["base/brightness"]) for r in rows]) == pytest.approx(base, abs=1e-5)
+    assert torch.tensor([float(r["brightness"]) for r in rows]) == pytest.approx(policy, abs=1e-4)
+    assert torch.tensor([float(r["base/brightness"]) for r in rows]) == pytest.approx(base, abs=1e-4)
     assert texts == [p for p in PROMPTS for _ in range(2)] and [r["seed"] for r in rows] == [str(i) for i in range(8)]
 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -149,5 +149,6 @@ def test_callbacks_sample_and_score_in_batches_with_the_draws_of_one_batch():
     assert scorer.sizes == [4, 2]  # 6 samples, at most 4 through the UNet, VAE and scorer at a time
     images = module.backbone.sample(callback.texts, num_inference_steps=2, guidance_scale=5.0,
                                     generator=[torch.Generator().manual_seed(5 + i) for i in range(6)])
-    torch.testing.assert_close(scores["b"], images.mean(dim=(1, 2, 3)), atol=1e-5, rtol=0)
-    torch.testing.assert_close(grid, images[[0, 2, 4]], atol=1e-5, rtol=0)  # one sample of each prompt first
+    # the same draws; the batch composition changes only float rounding
+    torch.testing.assert_close(scores["b"], images.mean(dim=(1, 2, 3)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(grid, images[[0, 2, 4]], atol=1e-4, rtol=0)  # one sample of each prompt first
