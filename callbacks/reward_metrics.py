@@ -1,5 +1,7 @@
 """Evaluation on sampled images: reward means per scorer, and the policy's win rate against the reference; each
-can log a grid of the evaluated samples with their scores."""
+can log a grid of the evaluated samples with their scores. Samples are drawn and scored ``batch_size`` at a time
+(``lit_pref.sampling.sample_and_score``, as ``python -m lit_pref evaluate`` does), so 100 samples never go through
+the VAE at once."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from tqdm.auto import tqdm
 from callbacks.sample_grid import captioned_grid, log_image
 from lit_pref.rewards import Scorer, win_rate
 from lit_pref.rewards.win_rate import WinRate as WinRateResult
+from lit_pref.sampling import sample_and_score
 
 
 class _Evaluation(Callback):
@@ -49,6 +52,7 @@ class _Evaluation(Callback):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if grid_images < 0:
             raise ValueError(f"grid_images must be >= 0, got {grid_images}")
+        self.batch_size = batch_size
         self.scorers = scorers  # held here, never registered on the LightningModule
         self.texts = [p for p in prompts for _ in range(num_images_per_prompt)]
         self.num_inference_steps = num_inference_steps
@@ -61,30 +65,25 @@ class _Evaluation(Callback):
         self.grid_indices = sorted(range(len(self.texts)), key=lambda i: (i % n, i // n))[:grid_images]
         self._last_step: int | None = None
 
-    @torch.no_grad()
-    def sample(self, pl_module: LightningModule, desc: str = "evaluation") -> Tensor:
-        """Images in [0, 1] for every (prompt, repeat), ``batch_size`` at a time; image i always starts from the
-        noise of seed + i. Sampled in eval mode (no LoRA dropout), also when called during training. A progress bar
-        (``desc``) counts the images when the Trainer shows one."""
-        backbone = pl_module.backbone
+    def sample_and_score(self, pl_module: LightningModule, desc: str) -> tuple[dict[str, Tensor], Tensor]:
+        """Scores (name -> (N,) on the CPU) of every (prompt, repeat) and the grid's images in grid order; image i
+        always starts from the noise of seed + i. Sampled in eval mode (no LoRA dropout), also during training, and
+        ``batch_size`` images at a time. A progress bar (``desc``) counts the images when the Trainer shows one."""
         trainer = pl_module._trainer
         quiet = trainer is None or trainer.progress_bar_callback is None or not trainer.is_global_zero
         modes = {module: module.training for module in pl_module.modules()}
         pl_module.eval()
         try:
-            images = []
             with tqdm(total=len(self.texts), desc=desc, unit="img", leave=False, disable=quiet) as bar:
-                for start in range(0, len(self.texts), self.batch_size):
-                    texts = self.texts[start : start + self.batch_size]
-                    generators = [torch.Generator(backbone.device).manual_seed(self.seed + start + i)
-                                  for i in range(len(texts))]
-                    images.append(backbone.sample(texts, num_inference_steps=self.num_inference_steps,
-                                                  guidance_scale=self.guidance_scale, generator=generators))
-                    bar.update(len(texts))
-            return torch.cat(images)
+                scores, kept = sample_and_score(
+                    pl_module.backbone, self.texts, [self.seed + i for i in range(len(self.texts))], self.scorers,
+                    self.batch_size, self.num_inference_steps, self.guidance_scale, keep=set(self.grid_indices),
+                    on_batch=bar.update)
         finally:
             for module, training in modes.items():  # every module's own mode back, as Lightning's loops do
                 module.training = training
+        grid = torch.stack([kept[i] for i in self.grid_indices]) if self.grid_indices else torch.zeros(0)
+        return scores, grid
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         """Sample, score, log the grid; returns the metrics (name -> value)."""
@@ -123,15 +122,14 @@ class RewardMetrics(_Evaluation):
     """
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        images = self.sample(pl_module, "reward metrics: samples")
-        scores = {name: scorer.score(images, self.texts).float() for name, scorer in self.scorers.items()}
+        scores, grid = self.sample_and_score(pl_module, "reward metrics: samples")
         metrics = {}
         for name, s in scores.items():
             metrics[f"eval/{name}"] = s.mean().item()
             metrics[f"eval/{name}_std"] = s.std().item() if len(s) > 1 else 0.0
         if self.grid_indices:
             captions = [self.caption(i, scores) for i in self.grid_indices]
-            log_image(trainer, "eval/samples", captioned_grid(images[self.grid_indices], captions, nrow=4))
+            log_image(trainer, "eval/samples", captioned_grid(grid, captions, nrow=4))
         return metrics
 
 
@@ -149,12 +147,11 @@ class WinRate(_Evaluation):
     results_step: int | None = None
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        policy = self.sample(pl_module, "win rate: policy samples")
+        policy_scores, policy = self.sample_and_score(pl_module, "win rate: policy samples")
         with pl_module.backbone.reference():
-            base = self.sample(pl_module, "win rate: base samples")
-        policy_scores, base_scores, metrics, results = {}, {}, {}, {}
-        for name, scorer in self.scorers.items():
-            policy_scores[name], base_scores[name] = scorer.score(policy, self.texts), scorer.score(base, self.texts)
+            base_scores, base = self.sample_and_score(pl_module, "win rate: base samples")
+        metrics, results = {}, {}
+        for name in self.scorers:
             result = win_rate(policy_scores[name], base_scores[name], groups=self.texts)
             metrics[f"eval/win_rate_vs_base/{name}"] = result.rate
             metrics[f"eval/win_rate_vs_base/{name}_low"] = result.low
@@ -162,7 +159,7 @@ class WinRate(_Evaluation):
             results[name] = result
         self.results, self.results_step = results, trainer.global_step
         if self.grid_indices:
-            pairs = torch.stack([policy[self.grid_indices], base[self.grid_indices]], dim=1).flatten(0, 1)
+            pairs = torch.stack([policy, base], dim=1).flatten(0, 1)
             captions = [c for i in self.grid_indices
                         for c in (self.caption(i, policy_scores, "policy: "), self.caption(i, base_scores, "base: "))]
             log_image(trainer, "eval/win_rate_vs_base/samples", captioned_grid(pairs, captions, nrow=4))

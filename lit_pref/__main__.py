@@ -16,6 +16,7 @@ PROG = "python -m lit_pref"
 # subcommand -> module whose ``main(argv: list[str]) -> None`` runs it
 SUBCOMMANDS: dict[str, str] = {
     "compare": "lit_pref.compare",
+    "evaluate": "lit_pref.evaluate",
     "synthesize-pairs": "lit_pref.rpo.cli",
     "interact": "lit_pref.vca.interact",
 }

@@ -10,6 +10,7 @@ from datamodules import PromptDataModule
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss, discount_weights
 from lit_pref.modules import DenseDiscountedDPO, TrajectoryDPO, TrajectorySettings
+from lit_pref.modules.collection import chain_log_probs, draw_comparisons
 from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup, spread_ranks
 from lit_pref.rewards import ToyGroundTruthReward
 
@@ -80,9 +81,10 @@ def test_collected_log_probs_equal_recomputed_ones_before_any_update():
     assert len(model.buffer) == 2
     group = model.buffer.groups[0]
     assert group.latents.shape[:2] == (3, 7) and (group.rewards[:-1] >= group.rewards[1:]).all()  # ranked
-    steps = torch.arange(6)
+    steps = torch.arange(6).expand(3, -1)  # every step of each of the 3 chains
     with torch.no_grad():
-        logp_theta, logp_init = model.pair_log_probs(group.latents, [group.prompt] * 3, group.timesteps, steps)
+        logp_theta, logp_init = chain_log_probs(model.backbone, group.latents, [group.prompt] * 3, group.timesteps,
+                                                steps, model.guidance_scale, model.trajectory.eta)
     torch.testing.assert_close(logp_theta, group.log_probs, atol=1e-5, rtol=0)  # ratio exactly 1
     assert not torch.allclose(logp_init, group.log_probs, atol=1e-4)  # the perturbed policy is not the reference
 
@@ -93,9 +95,9 @@ def test_replay_buffer_is_fifo_and_pairs_prefer_the_higher_reward():
         buffer.add(TrajectoryGroup(f"p{i}", torch.zeros(len(rewards), 2, 1), torch.zeros(len(rewards), 1),
                                    torch.tensor(rewards), torch.tensor([1]), i))
     assert [g.prompt for g in buffer.groups] == ["p1", "p2"]  # p0, the oldest, was dropped
-    pairs = buffer.sample_pairs(20, torch.Generator().manual_seed(0))
-    assert len(pairs) == 20 and all(g.prompt == "p2" for g, _, _ in pairs)  # p1's equal rewards give no pair
-    assert all(g.rewards[w] > g.rewards[l] for g, w, l in pairs)
+    pairs = draw_comparisons(buffer, 20, 2, torch.Generator().manual_seed(0))
+    assert len(pairs) == 20 and all(g.prompt == "p2" for g, _ in pairs)  # p1's equal rewards give no pair
+    assert all(g.rewards[w] > g.rewards[l] for g, (w, l) in pairs)
     assert spread_ranks(5, 5) == [0, 1, 2, 3, 4] and spread_ranks(12, 5) == [0, 3, 6, 8, 11]
     with pytest.raises(ValueError):
         ReplayBuffer(0)

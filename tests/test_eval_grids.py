@@ -79,9 +79,13 @@ def test_evaluation_callbacks_log_grids_of_their_samples_with_scores_at_their_ow
 
     # one sample of each prompt first: prompt 0 repeat 0, prompt 1 repeat 0, prompt 0 repeat 1
     assert metrics.grid_indices == wins.grid_indices == [0, 2, 1]
-    policy = metrics.sample(model)  # the final model's evaluation samples (fixed seeds)
+    def sample():  # the final model's evaluation samples (fixed seeds), recomputed in one batch
+        return model.backbone.sample(metrics.texts, num_inference_steps=2, guidance_scale=5.0,
+                                     generator=[torch.Generator().manual_seed(i) for i in range(len(metrics.texts))])
+
+    policy = sample()
     with model.backbone.reference():
-        base = metrics.sample(model)
+        base = sample()
     assert torch.isfinite(policy).all() and (policy - base).abs().max() > 0.05  # the grids can tell them apart
     side = policy.shape[-1] * -(-128 // policy.shape[-1])  # enlarged by a whole factor to at least 128 px
 

@@ -58,9 +58,13 @@ def test_win_rate_is_one_half_when_the_policy_equals_the_base_and_matches_recomp
                       every_n_steps=2)
     model = fit(tmp_path / "b", lr=10.0, callbacks=[changed])
     logged = read_events(tmp_path / "b").Scalars("eval/win_rate_vs_base/brightness")[-1].value
-    policy = changed.sample(model)
+    def sample():  # the final model's evaluation samples (fixed seeds), recomputed in one batch
+        return model.backbone.sample(changed.texts, num_inference_steps=3, guidance_scale=5.0,
+                                     generator=[torch.Generator().manual_seed(i) for i in range(len(changed.texts))])
+
+    policy = sample()
     with model.backbone.reference():
-        base = changed.sample(model)
+        base = sample()
     expected = win_rate(policy.mean(dim=(1, 2, 3)), base.mean(dim=(1, 2, 3)), groups=changed.texts).rate
     assert abs(logged - expected) < 1e-6 and expected != 0.5
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 
@@ -47,20 +46,6 @@ class ReplayBuffer:
 
     def add(self, group: TrajectoryGroup) -> None:
         self.groups.append(group)
-
-    def sample_pairs(self, num_pairs: int, generator: torch.Generator | None = None) -> list[tuple[TrajectoryGroup, int, int]]:
-        """Draw ``num_pairs`` (group, winner index, loser index): a uniform group with at least two different
-        rewards, two of its trajectories, the higher reward the winner. Returns fewer (maybe none) when no group
-        has two different rewards."""
-        usable = [g for g in self.groups if len(g.rewards) > 1 and g.rewards.max() > g.rewards.min()]
-        pairs = []
-        while usable and len(pairs) < num_pairs:
-            group = usable[int(torch.randint(len(usable), (1,), generator=generator))]
-            i, j = torch.randperm(len(group.rewards), generator=generator)[:2].tolist()
-            if group.rewards[i] == group.rewards[j]:
-                continue
-            pairs.append((group, i, j) if group.rewards[i] > group.rewards[j] else (group, j, i))
-        return pairs
 
 
 def spread_ranks(num_rollouts: int, num_kept: int) -> list[int]:

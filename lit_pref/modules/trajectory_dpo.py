@@ -15,9 +15,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lit_pref.backbone import DiffusionBackbone, repeat_conditioning
-from lit_pref.losses import DiffusionDPOLoss, PairLoss, dense_dpo_loss, sample_step_indices, trajectory_scores
+from lit_pref.losses import DiffusionDPOLoss, PairLoss
 from lit_pref.modules.base import LoRAModule
-from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup, spread_ranks
+from lit_pref.modules import collection
+from lit_pref.modules.replay import ReplayBuffer, spread_ranks
 from lit_pref.rewards import Scorer
 
 TiesPolicy = Literal["drop", "keep_first", "raise"]
@@ -28,18 +29,28 @@ Generators = torch.Generator | list[torch.Generator] | None  # one for the batch
 class TrajectorySettings:
     """Trajectory mode: off-policy DPO on reverse chains sampled from the policy (Yang, Chen & Zhou 2024).
 
+    Collection and update as in the authors' code: see ``lit_pref.modules.collection``.
+
     Args:
         collect_every: Re-collect trajectories every this many optimizer updates (paper: 2500 single prompt,
             4000 multi prompt), and at the first update.
         rollouts_per_prompt: Chains sampled per prompt at each collection (paper: 5 / 12).
         kept_per_prompt: Chains kept per prompt, spread over the reward ranks (paper: 5).
-        buffer_capacity: Prompt groups the FIFO replay buffer holds.
-        pairs_per_step: Preference pairs (winner, loser: the scorer's higher and lower reward) per update.
-        num_sampled_steps: K, the chain steps drawn per update from Categorical(step weights), shared by the
-            two trajectories of every pair (paper: 3 single prompt, 1 multi prompt).
+        buffer_capacity: Prompt groups the FIFO replay buffer holds (reference: 1000 / 2000).
+        pairs_per_step: Comparisons per update (paper: batch 4 / 32).
+        num_sampled_steps: K, the chain steps drawn from Categorical(step weights) for each comparison, shared by
+            its trajectories (paper: 3 single prompt, 1 multi prompt).
         beta: Scale of the trajectory score (paper: 10 single prompt, 12.5 multi prompt).
         clip: Per-step log-ratio clip (paper: 1e-4 single prompt, 5e-4 multi prompt).
         eta: DDIM eta of the sampled chains (> 0; paper: 1).
+        prompts_per_collection: Prompt groups per collection, drawn from the whole prompt set (the datamodule's
+            ``prompts``) in shuffled passes (reference ``g_batch_size``: 1000 single prompt, 2000 multi prompt);
+            ``None``: the current batch's prompts.
+        sample_batch_size: Chains sampled, decoded and scored at a time in a collection (``None``: all at once).
+        micro_batch_size: Comparisons per forward/backward inside an update, gradients accumulated over the
+            update's ``pairs_per_step`` (``None``: all at once; the reference runs 1).
+        num_compared: Trajectories of one group per comparison, ranked by reward: 2 = the DPO pair, more = ListMLE
+            (reference ``pl_loss_num_traj``, 2 in both settings); at most ``kept_per_prompt``.
     """
 
     collect_every: int = 2500
@@ -51,6 +62,10 @@ class TrajectorySettings:
     beta: float = 10.0
     clip: float = 1e-4
     eta: float = 1.0
+    prompts_per_collection: int | None = None
+    sample_batch_size: int | None = None
+    micro_batch_size: int | None = None
+    num_compared: int = 2
 
     def __post_init__(self) -> None:
         for name in ("collect_every", "rollouts_per_prompt", "kept_per_prompt", "buffer_capacity", "pairs_per_step",
@@ -83,12 +98,13 @@ class TrajectoryDPO(LoRAModule):
     ``num_inference_steps`` timesteps of the DDIM schedule (``"inference"``).
 
     Trajectory mode (``mode="trajectory"``): batches are prompt batches of ``datamodules.PromptDataModule``.
-    Every ``trajectory.collect_every`` updates the batch's prompts are sampled from the current policy
-    (DDIM, eta > 0, guidance) with per-step log-probs, scored by ``scorer``, and the kept chains go to a FIFO
-    replay buffer; every update draws pairs from the buffer and K step indices from :meth:`step_weights`
-    (uniform here: the whole chain counts alike), and minimises
-    ``-logsigmoid(s(tau_w) - s(tau_l))`` with ``s = beta * mean_k clamp(logp_theta - logp_init, -clip, clip)``.
-    The replay buffer is not checkpointed: a resumed run collects again.
+    Every ``trajectory.collect_every`` updates the batch's prompts (or ``prompts_per_collection`` prompts of the
+    whole set) are sampled from the current policy (DDIM, eta > 0, guidance) with per-step log-probs, scored by
+    ``scorer``, and the kept chains go to a FIFO replay buffer; every update draws comparisons from the buffer,
+    K step indices for each from :meth:`step_weights` (uniform here: the whole chain counts alike), and minimises
+    ``-logsigmoid(s(tau_w) - s(tau_l))`` (ListMLE for more than two) with
+    ``s = beta * mean_k clamp(logp_theta - logp_init, -clip, clip)`` (``lit_pref.modules.collection``).
+    The replay buffer is not checkpointed: a resumed run collects again at its first update.
     """
 
     def __init__(
@@ -147,6 +163,8 @@ class TrajectoryDPO(LoRAModule):
             if scorer is None:
                 raise ValueError("mode='trajectory' needs a scorer (the source of the preferences)")
             spread_ranks(trajectory.rollouts_per_prompt, trajectory.kept_per_prompt)  # validates the counts
+            if not 2 <= trajectory.num_compared <= trajectory.kept_per_prompt:
+                raise ValueError(f"trajectory.num_compared must be in [2, kept_per_prompt], got {trajectory.num_compared}")
         self.loss = loss
         self.ties = ties
         self.proportion_empty_prompts = proportion_empty_prompts
@@ -278,78 +296,25 @@ class TrajectoryDPO(LoRAModule):
         return {k: torch.where(empty.view(-1, *[1] * (v.ndim - 1)), blank[k].to(v.dtype), v) for k, v in text.items()}
 
     # ------------------------------------------------------------------ trajectory mode
-    @torch.no_grad()
     def collect(self, prompts: list[str]) -> dict[str, float]:
-        """Sample ``rollouts_per_prompt`` chains per prompt from the current policy, score them, and add the
-        kept ones (spread over the reward ranks) to the replay buffer; returns reward statistics."""
-        settings = self.trajectory
-        texts = [p for p in prompts for _ in range(settings.rollouts_per_prompt)]
-        traj = self.backbone.sample(texts, num_inference_steps=self.num_inference_steps,
-                                    guidance_scale=self.guidance_scale, eta=settings.eta, return_trajectory=True)
-        rewards = self.scorer.score(traj.images, texts).float().cpu()
-        keep = spread_ranks(settings.rollouts_per_prompt, settings.kept_per_prompt)
-        for i, prompt in enumerate(prompts):
-            rows = slice(i * settings.rollouts_per_prompt, (i + 1) * settings.rollouts_per_prompt)
-            order = rewards[rows].argsort(descending=True)[keep]
-            self.buffer.add(TrajectoryGroup(
-                prompt=prompt,
-                latents=traj.latents[rows][order].cpu(),
-                log_probs=traj.log_probs[rows][order].cpu(),
-                rewards=rewards[rows][order],
-                timesteps=traj.timesteps.cpu(),
-                step=self.global_step,
-            ))
-        return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0}
-
-    def pair_log_probs(self, latents: Tensor, prompts: list[str], timesteps: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
-        """Log-probs of the drawn steps of stored chains under the policy (with grad) and the reference.
-
-        Args:
-            latents: (R, K + 1, C, h, w) stored chains.
-            prompts: R prompts.
-            timesteps: (K,) the chains' DDIM timesteps.
-            steps: The drawn step indices (shared by all rows).
-
-        Returns:
-            ``(logp_theta, logp_init)``, each (R, K), filled at the drawn steps' columns (zeros elsewhere).
-        """
-        backbone = self.backbone
-        latents = latents.to(self.device)
-        size = (latents.shape[-2] * backbone.vae_scale_factor, latents.shape[-1] * backbone.vae_scale_factor)
-        cond = backbone.encode_prompts(prompts, target_size=size)
-        negative = backbone.encode_prompts([""] * len(prompts), target_size=size)
-        logp_theta = torch.zeros(latents.shape[0], latents.shape[1] - 1, device=self.device)
-        logp_init = torch.zeros_like(logp_theta)
-        args = dict(cond=cond, guidance_scale=self.guidance_scale, eta=self.trajectory.eta,
-                    num_inference_steps=timesteps.numel(), negative_cond=negative)
-        for k in steps.unique().tolist():
-            step = (latents[:, k], timesteps[k].to(self.device), latents[:, k + 1])
-            logp_theta[:, k] = backbone.step_log_prob(*step, **args)
-            with backbone.no_graph(), backbone.reference():
-                logp_init_k = backbone.step_log_prob(*step, **args)
-            logp_init[:, k] = logp_init_k
-        return logp_theta, logp_init
+        """Sample chains of ``prompts`` (or of ``prompts_per_collection`` prompts from the prompt set) from the
+        current policy, score them, and add the kept ones to the replay buffer; returns reward statistics."""
+        return collection.collect(self, prompts)
 
     def trajectory_step(self, batch: dict[str, Any]) -> Tensor:
         settings = self.trajectory
-        if self.global_step % settings.collect_every == 0 and self._collected_at != self.global_step:
+        due = self.global_step % settings.collect_every == 0 or len(self.buffer) == 0  # (a resumed run: empty)
+        if due and self._collected_at != self.global_step:
+            collection.check_strategy(self)
             stats = self.collect(list(batch["prompts"]))
             self._collected_at = self.global_step
             self.log_dict({"collect/reward_mean": stats["reward_mean"], "collect/reward_std": stats["reward_std"]})
         self.log("train/buffer_size", float(len(self.buffer)))
-        pairs = self.buffer.sample_pairs(settings.pairs_per_step)
-        if not pairs:  # every collected group had equal rewards: nothing to prefer
-            return sum(p.sum() for p in self.trainable_parameters()) * 0.0
-        latents = torch.stack([g.latents[w] for g, w, _ in pairs] + [g.latents[l] for g, _, l in pairs])
-        prompts = [g.prompt for g, _, _ in pairs] * 2
-        timesteps = pairs[0][0].timesteps
-        steps = sample_step_indices(self.step_weights(timesteps.numel()), settings.num_sampled_steps)
-        logp_theta, logp_init = self.pair_log_probs(latents, prompts, timesteps, steps)
-        scores = trajectory_scores(logp_theta, logp_init, steps.to(self.device), settings.beta, settings.clip)
-        n = len(pairs)
-        loss, stats = dense_dpo_loss(scores[:n], scores[n:])
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=n)
+        loss, stats = collection.update(self)
+        if stats["count"]:
+            n = stats.pop("count")
+            self.log("train/loss", stats.pop("loss"), prog_bar=True, batch_size=n)
+            self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=n)
         return loss
 
     # ------------------------------------------------------------------ Lightning hooks
