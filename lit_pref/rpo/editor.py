@@ -187,13 +187,15 @@ def corrected_prompt(template: str, prompt: str, instructions: list[str]) -> str
 
 
 class InstructPix2PixEditor(_PipelineEditor):
-    """Instruction editing with InstructPix2Pix (Brooks et al. 2023): ``StableDiffusionInstructPix2PixPipeline``.
+    """Instruction editing with InstructPix2Pix (Brooks et al. 2023): ``StableDiffusionInstructPix2PixPipeline``, or
+    ``StableDiffusionXLInstructPix2PixPipeline`` for an SDXL checkpoint (e.g. ``diffusers/sdxl-instructpix2pix-768``).
 
     The instructions, joined by ``"; "``, are the edit text; the prompt is not used (InstructPix2Pix conditions on
     the edit, not on a description).
 
     Args:
-        model: Hub id or local folder of an InstructPix2Pix pipeline (a UNet with 8 input channels).
+        model: Hub id or local folder of an InstructPix2Pix pipeline (a UNet with 8 input channels; SD or SDXL, as
+            its ``model_index.json`` says).
         num_inference_steps: Denoising steps (the pipeline's default: 100).
         guidance_scale: Text guidance (the pipeline's default: 7.5).
         image_guidance_scale: Image guidance, how closely the edit keeps the input (the pipeline's default: 1.5).
@@ -220,10 +222,13 @@ class InstructPix2PixEditor(_PipelineEditor):
         self.image_guidance_scale = image_guidance_scale
 
     def load(self) -> Any:
-        from diffusers import StableDiffusionInstructPix2PixPipeline
+        from diffusers import DiffusionPipeline
 
-        return StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            self.model, safety_checker=None, requires_safety_checker=False, **self._load_kwargs())
+        # The folder's model_index.json names the class: StableDiffusion(XL)InstructPix2PixPipeline.
+        pipeline = DiffusionPipeline.from_pretrained(self.model, safety_checker=None, **self._load_kwargs())
+        if "InstructPix2Pix" not in type(pipeline).__name__:
+            raise ValueError(f"{self.model} is a {type(pipeline).__name__}, not an InstructPix2Pix pipeline")
+        return pipeline
 
     def edit(self, image: Tensor, instructions: list[str], prompt: str, seed: int | None = None) -> Tensor:
         edited = self._run(prompt="; ".join(instructions), image=image[None].float(),
