@@ -114,7 +114,8 @@ def test_inpaint_editor_repaints_the_dilated_regions_or_the_whole_image(tiny):
     expected[:, 22:32, 22:32] = 1
     assert torch.equal(edit.mask, expected)
     outside = ~expected.bool().expand(3, -1, -1)
-    assert torch.equal(edit.image[outside], image[outside]) and not torch.allclose(edit.image[~outside], image[~outside])
+    assert torch.equal(edit.image[outside], image[outside])
+    assert not torch.allclose(edit.image[~outside], image[~outside])
 
     unlocalised = Critique("t", instructions=["add a hat", "brighten it"], regions=[[(0.25, 0.25, 0.5, 0.5)], []])
     assert editor.apply(image, unlocalised, "a cube", seed=1).mask.eq(1).all()  # one instruction has no region
@@ -154,6 +155,22 @@ def test_canny_hysteresis_keeps_weak_edges_connected_to_strong_ones():
     image[:, 8:20, 16] = 120    # a vertical bridge joins them
     joined = canny(image, 100, 200)
     assert joined[7, 0:10].all()  # now the weak edge hangs on the strong one through the bridge
+
+
+def test_depth_map_runs_a_tiny_dpt_from_a_folder(tmp_path):
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    from lit_pref.rpo import DepthMap
+
+    torch.manual_seed(0)
+    config = DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+                       image_size=32, patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 8, 8],
+                       fusion_hidden_size=8, reassemble_factors=[4, 2, 1, 0.5], head_hidden_size=8)
+    DPTForDepthEstimation(config).save_pretrained(tmp_path / "dpt")
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(tmp_path / "dpt")
+    depth = DepthMap(str(tmp_path / "dpt"), device="cpu")(torch.rand(3, 24, 40))
+    assert depth.shape == (3, 24, 40) and torch.equal(depth[0], depth[2])  # the image's size, three equal channels
+    assert depth.min() == 0 and depth.max() == 1  # scaled per image
 
 
 # ---------------------------------------------------------------------- ControlNet
@@ -257,7 +274,8 @@ def test_two_sided_relabelling_keeps_losing_edits_with_the_original_as_winner(tm
     one = PairSynthesizer(ToyCritic(), ToyEditor(), NegatedReward(), margin=0.05, num_inference_steps=2,
                           guidance_scale=4.0, batch_size=8).run(output_dir=tmp_path / "one", **run)
     two = PairSynthesizer(ToyCritic(), ToyEditor(), NegatedReward(), margin=0.05, relabel="two_sided",
-                          num_inference_steps=2, guidance_scale=4.0, batch_size=8).run(output_dir=tmp_path / "two", **run)
+                          num_inference_steps=2, guidance_scale=4.0, batch_size=8)
+    two = two.run(output_dir=tmp_path / "two", **run)
     assert one.kept == one.kept_edit_wins == 0 and two.proposed == one.proposed > 0
     rows = pq.read_table(tmp_path / "two").to_pylist()
     assert two.kept == two.kept_original_wins == len(rows) > 0 and two.kept_edit_wins == 0

@@ -65,7 +65,8 @@ class EditorChain(Editor):
     def route(self, critique: Critique) -> list[tuple[Editor, list[int]]]:
         """Each editor that has instructions, in running order, with the indices of its instructions."""
         kinds = [critique.kind(k) for k in range(len(critique.instructions))]
-        plan = [(editor, [k for k, kind in enumerate(kinds) if kind == wanted]) for wanted, editor in self._editors.items()]
+        plan = [(editor, [k for k, kind in enumerate(kinds) if kind == wanted])
+                for wanted, editor in self._editors.items()]
         if self._default is not None:
             plan.append((self._default, [k for k, kind in enumerate(kinds) if kind not in self._editors]))
         return [(editor, indices) for editor, indices in plan if indices]
