@@ -149,8 +149,9 @@ def throughput(args: argparse.Namespace) -> None:
                 start = time.perf_counter()
                 with torch.no_grad():
                     for begin in range(0, args.items, 8):
-                        backbone.sample(prompts[begin:begin + 8], num_inference_steps=10,
-                                        generator=[torch.Generator().manual_seed(i) for i in range(begin, begin + 8)])
+                        items = range(begin, min(begin + 8, args.items))
+                        backbone.sample([prompts[i] for i in items], num_inference_steps=10,
+                                        generator=[torch.Generator().manual_seed(i) for i in items])
                 sample_s.append(time.perf_counter() - start)
             sampled = statistics.median(sample_s)
             print(f"| {preset} | (sampling alone) | {args.items / sampled:.2f} | 1.00 |", flush=True)
