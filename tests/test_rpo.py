@@ -260,10 +260,13 @@ def test_iterative_mode_resynthesizes_from_the_policy_and_logs_pair_statistics(t
     assert np.abs(originals - (base * 255).round().permute(0, 2, 3, 1).numpy()).max() > 8
 
     events = read_events(tmp_path)
-    for name in ("rpo/kept", "rpo/proposed", "rpo/sampled", "rpo/mean_gain", "rpo/kept_fraction", "rpo/round"):
+    for name in ("rpo/kept", "rpo/proposed", "rpo/sampled", "rpo/mean_gain", "rpo/kept_fraction", "rpo/round",
+                 "rpo/kept_edit_wins", "rpo/kept_original_wins"):
         assert len(events.Scalars(name)) == 2, name
     assert [e.value for e in events.Scalars("rpo/round")] == [0.0, 1.0]
     assert [e.value for e in events.Scalars("rpo/kept")] == [2.0, 2.0]
+    assert [e.value for e in events.Scalars("rpo/kept_edit_wins")] == [2.0, 2.0]  # one-sided: only edits win
+    assert [e.value for e in events.Scalars("rpo/kept_original_wins")] == [0.0, 0.0]
 
 
 def test_iterative_mode_refuses_a_trainer_that_never_reloads_the_pairs(tmp_path):

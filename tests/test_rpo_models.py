@@ -75,6 +75,25 @@ def test_vlm_critic_runs_a_tiny_llava_from_a_folder(tmp_path, monkeypatch):
     assert first == "Critique the image made for a red cube." and image.size == (32, 32)
     assert '"a red cube"' in second and critique.text in second and no_image is None  # the shipped template
 
+    grounded = VLMCritic(str(tmp_path / "vlm"), max_new_tokens=4, device="cpu", grounding=True)
+    real, asked = grounded.ask, []
+    canned = iter([None, "- make the hat red\n- brighten the sky",
+                   'Sure:\n```json\n[{"instruction": 1, "kind": "local", "bbox_2d": [0, 0, 16, 8]}]\n```'])
+
+    def fake_ask(text, image=None, special_tokens=False):
+        asked.append((text, image, special_tokens))
+        answer = next(canned)
+        return real(text, image) if answer is None else answer  # the real first call records the seen image size
+
+    monkeypatch.setattr(grounded, "ask", fake_ask)
+    critique = grounded.critique(torch.rand(3, 32, 32), "a man in a hat")
+    assert critique.instructions == ["make the hat red", "brighten the sky"]
+    # bbox_2d (x1, y1, x2, y2) in pixels of the 32 x 32 image the model saw -> (top, left, bottom, right) fractions
+    assert critique.regions == [[(0.0, 0.0, 0.25, 0.5)], []] and critique.kinds == ["local", "global"]
+    text, image, special_tokens = asked[2]
+    assert "1. make the hat red\n2. brighten the sky" in text and '"a man in a hat"' in text
+    assert image.size == (32, 32) and special_tokens  # Qwen2-VL writes its boxes with special tokens
+
     (tmp_path / "bad.txt").write_text("no placeholder here")
     with pytest.raises(ValueError, match="no \\{prompt\\} placeholder"):
         VLMCritic(str(tmp_path / "vlm"), critique_template=str(tmp_path / "bad.txt"))

@@ -37,8 +37,9 @@ class RichPreferenceDPO(TrajectoryDPO):
     module -> files -> datamodule. With several processes each synthesises its share of the items.
 
     Logged at the start of each epoch, for the round it trains on: ``rpo/sampled``, ``rpo/proposed``, ``rpo/kept``,
-    ``rpo/kept_fraction`` (kept / proposed), ``rpo/mean_gain`` (the scorer's mean gain of the kept edits) and
-    ``rpo/round``.
+    ``rpo/kept_edit_wins`` and ``rpo/kept_original_wins`` (which image won the kept pairs; originals win only with
+    the synthesizer's two-sided relabelling), ``rpo/kept_fraction`` (kept / proposed), ``rpo/mean_gain`` (the
+    scorer's mean gain of the kept pairs' winners over their losers) and ``rpo/round``.
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class RichPreferenceDPO(TrajectoryDPO):
             return
         kept_fraction = stats.kept / stats.proposed if stats.proposed else 0.0
         values = {"sampled": stats.sampled, "proposed": stats.proposed, "kept": stats.kept,
+                  "kept_edit_wins": stats.kept_edit_wins, "kept_original_wins": stats.kept_original_wins,
                   "kept_fraction": kept_fraction, "mean_gain": stats.mean_gain, "round": index}
         self.log_dict({f"rpo/{k}": float(v) for k, v in values.items()}, on_step=False, on_epoch=True)
 

@@ -4,7 +4,9 @@ A :class:`Critic` looks at one image and its prompt and returns a :class:`Critiq
 problems it names (``issues``) and actionable edit instructions (``instructions``) for an :class:`~lit_pref.rpo.
 Editor`. :class:`VLMCritic` asks a transformers vision-language model twice, with the prompt templates kept in
 ``lit_pref/rpo/templates/``: once for the critique (image + prompt), once to turn the critique into instructions
-(text only). The toy world's offline critic is :class:`lit_pref.rpo.ToyCritic`.
+(text only) and, with ``grounding=True``, once more (image + instructions) for the region and kind of each instruction
+(read by :func:`lit_pref.rpo.grounding.parse_grounding`). The toy world's offline critic is
+:class:`lit_pref.rpo.ToyCritic`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+(.*\S)\s*$")
 _NOTHING = {"none", "none.", "nothing", "nothing.", "n/a", "no problems", "no problems."}
 
 
+Box = tuple[float, float, float, float]
+"""A region as fractions of the image: ``(top, left, bottom, right)``, each in ``[0, 1]``."""
+
+ISSUE_KINDS = ("local", "composition", "global")
+"""What an instruction changes: ``local`` one object or part in one place (inpainting's job), ``composition`` the
+layout (positions, counts, poses), ``global`` the whole image (style, lighting, colours, background, quality)."""
+
+
 @dataclass
 class Critique:
     """What a critic says about one image.
@@ -35,11 +45,54 @@ class Critique:
         issues: The problems it names, one per entry (empty when the image is fine).
         instructions: Actionable edit instructions, one per entry, in the order to apply them (empty: nothing to
             edit, so no preference pair is proposed).
+        regions: Where each instruction acts: one list of boxes (:data:`Box`) per instruction, empty for an
+            instruction without a region; an empty ``regions`` means no instruction has one.
+        kinds: What each instruction changes, one of :data:`ISSUE_KINDS` per instruction; an empty ``kinds`` means
+            every instruction is ``global``.
     """
 
     text: str
     issues: list[str] = field(default_factory=list)
     instructions: list[str] = field(default_factory=list)
+    regions: list[list[Box]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("regions", "kinds"):
+            values = getattr(self, name)
+            if values and len(values) != len(self.instructions):
+                raise ValueError(f"Critique.{name} has {len(values)} entries for {len(self.instructions)} "
+                                 f"instructions; give one per instruction or none")
+        unknown = sorted(set(self.kinds) - set(ISSUE_KINDS))
+        if unknown:
+            raise ValueError(f"Critique.kinds: unknown kind(s) {unknown}; expected one of {ISSUE_KINDS}")
+        for boxes in self.regions:
+            for box in boxes:
+                check_box(box)
+
+    def region(self, index: int) -> list[Box]:
+        """The boxes of instruction ``index`` (empty: no region)."""
+        return list(self.regions[index]) if self.regions else []
+
+    def kind(self, index: int) -> str:
+        """The kind of instruction ``index`` (``global`` when the critic gave none)."""
+        return self.kinds[index] if self.kinds else "global"
+
+    def subset(self, indices: list[int]) -> Critique:
+        """The same critique restricted to the instructions ``indices`` (with their regions and kinds)."""
+        return Critique(text=self.text, issues=list(self.issues),
+                        instructions=[self.instructions[i] for i in indices],
+                        regions=[self.region(i) for i in indices] if self.regions else [],
+                        kinds=[self.kind(i) for i in indices] if self.kinds else [])
+
+
+def check_box(box: Box) -> Box:
+    """``box`` as floats, after checking ``0 <= top < bottom <= 1`` and ``0 <= left < right <= 1``."""
+    top, left, bottom, right = (float(v) for v in box)
+    if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+        raise ValueError(f"a box is (top, left, bottom, right) with 0 <= top < bottom <= 1 and 0 <= left < right "
+                         f"<= 1, got {tuple(box)}")
+    return top, left, bottom, right
 
 
 class Critic(ABC):
@@ -93,6 +146,12 @@ class VLMCritic(Critic):
     ``issues`` and ``instructions`` are the bulleted lines of the two answers (see :func:`bullet_lines`). The
     templates ask for one ``- `` line per item, which instruction-tuned VLMs follow (LLaVA, Idefics, Qwen2-VL).
 
+    With ``grounding=True`` a third generation (the image and ``grounding_template`` with ``{prompt}`` and the
+    numbered ``{instructions}``) asks for a JSON list giving each instruction's box and kind (``local``,
+    ``composition``, ``global``); the answer fills :attr:`Critique.regions` and :attr:`Critique.kinds` (see
+    :func:`~lit_pref.rpo.grounding.parse_grounding`; an unreadable answer leaves every instruction ``global``
+    without a region, so an inpainting editor repaints the whole image).
+
     Args:
         model: A hub id (e.g. ``Qwen/Qwen2.5-VL-7B-Instruct``, ``llava-hf/llava-1.5-7b-hf``) or a local folder with
             the model and its processor (which must have a chat template).
@@ -104,6 +163,13 @@ class VLMCritic(Critic):
         device: Device of the model; ``None``: CUDA when available, else CPU.
         dtype: Storage dtype of the model.
         revision: Hub revision of ``model``.
+        grounding: Ask for each instruction's region and kind (a third generation per image with instructions).
+        grounding_template: Path of the grounding template (must contain ``{instructions}``; may contain
+            ``{prompt}``); ``None``: the shipped ``templates/grounding.txt``, which asks for Qwen2.5-VL's
+            ``bbox_2d`` JSON.
+        box_units: Units of the boxes the model answers with: ``pixels`` of the image it was fed (Qwen2.5-VL;
+            the processor's resized size is used when it reports ``image_grid_thw``, else the image's size),
+            ``thousandths`` of the image (Qwen2-VL) or ``fractions``.
     """
 
     def __init__(
@@ -115,12 +181,18 @@ class VLMCritic(Critic):
         device: str | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         revision: str | None = None,
+        grounding: bool = False,
+        grounding_template: str | None = None,
+        box_units: Literal["pixels", "thousandths", "fractions"] = "pixels",
     ) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.model_name = model
         self.critique_template = load_template(critique_template, "critique.txt", "{prompt}")
         self.instructions_template = load_template(instructions_template, "instructions.txt", "{critique}")
+        self.grounding = grounding
+        self.grounding_template = load_template(grounding_template, "grounding.txt", "{instructions}")
+        self.box_units = box_units
         self.max_new_tokens = max_new_tokens
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.processor = AutoProcessor.from_pretrained(model, revision=revision)
@@ -131,20 +203,37 @@ class VLMCritic(Critic):
         self.model.to(self.device).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def ask(self, text: str, image: Image.Image | None = None) -> str:
-        """One greedy answer of the model to a user turn (``text``, after ``image`` if given)."""
+    def ask(self, text: str, image: Image.Image | None = None, special_tokens: bool = False) -> str:
+        """One greedy answer of the model to a user turn (``text``, after ``image`` if given); ``special_tokens``
+        keeps special tokens in the answer (Qwen2-VL writes boxes with them). The size of the image as the model saw
+        it is kept in ``self._seen_size`` (width, height)."""
         content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": text}]
         chat = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
         kwargs = {"images": [image]} if image is not None else {}
         inputs = self.processor(text=[chat], return_tensors="pt", **kwargs).to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        if image is not None:
+            self._seen_size = image.size
+            patch = getattr(getattr(self.processor, "image_processor", None), "patch_size", None)
+            if "image_grid_thw" in inputs and isinstance(patch, int):  # Qwen2(.5)-VL: the resized input's size
+                _, rows, cols = inputs["image_grid_thw"][0].tolist()
+                self._seen_size = (cols * patch, rows * patch)
         output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         answer = output[:, inputs["input_ids"].shape[1]:]
-        return self.processor.batch_decode(answer, skip_special_tokens=True)[0].strip()
+        return self.processor.batch_decode(answer, skip_special_tokens=not special_tokens)[0].strip()
 
     def critique(self, image: Tensor, prompt: str) -> Critique:
+        from lit_pref.rpo.grounding import parse_grounding
+
         text = self.ask(self.critique_template.replace("{prompt}", prompt), to_pil(image))
         request = self.instructions_template.replace("{prompt}", prompt).replace("{critique}", text)
         instructions = bullet_lines(self.ask(request))
-        return Critique(text=text, issues=bullet_lines(text), instructions=instructions)
+        regions: list[list[Box]] = []
+        kinds: list[str] = []
+        if self.grounding and instructions:
+            numbered = "\n".join(f"{k + 1}. {instruction}" for k, instruction in enumerate(instructions))
+            answer = self.ask(self.grounding_template.replace("{prompt}", prompt).replace("{instructions}", numbered),
+                              to_pil(image), special_tokens=True)
+            regions, kinds = parse_grounding(answer, len(instructions), *self._seen_size, units=self.box_units)
+        return Critique(text=text, issues=bullet_lines(text), instructions=instructions, regions=regions, kinds=kinds)

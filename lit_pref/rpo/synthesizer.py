@@ -2,7 +2,8 @@
 
 For each item (a prompt and a seed): sample an image from the policy or the base, critique it, edit it following
 the critique's instructions, score original and edit with a scorer, and keep the pair (winner = edit, loser =
-original) when the edit gains more than ``margin``. Kept pairs are written as Pick-a-Pic-style parquet shards that
+original) when the edit gains more than ``margin``; with ``relabel="two_sided"`` an edit that loses more than
+``margin`` is kept too, with the original as the winner. Kept pairs are written as Pick-a-Pic-style parquet shards that
 ``datamodules.PreferencePairDataModule`` reads as they are.
 
 Output folder::
@@ -12,9 +13,11 @@ Output folder::
     part-0000008.parquet the batch (kept or not), so a restart skips exactly the finished items
     _stats.json          written when the run is complete (every item done, or ``max_pairs`` reached)
 
-Columns: ``caption``, ``jpg_0`` (the edit, PNG bytes), ``jpg_1`` (the original), ``label_0`` (1.0: image 0 is
-preferred), ``critique``, ``issues`` and ``instructions`` (lists of strings), ``item``, ``seed``, ``reward_0`` and
-``reward_1`` (the scorer's scores of edit and original).
+Columns: ``caption``, ``jpg_0`` (the edit, PNG bytes), ``jpg_1`` (the original), ``label_0`` (1.0: the edit is
+preferred, 0.0: the original is), ``critique``, ``issues`` and ``instructions`` (lists of strings), ``item``,
+``seed``, ``reward_0`` and ``reward_1`` (the scorer's scores of edit and original), ``edit_mask`` (PNG bytes of a
+greyscale image, 255 where the editor repainted and 0 where the edit is the original exactly; null when the editor
+may have changed any pixel).
 
 Item ``i`` uses prompt ``prompts[i % len(prompts)]`` (so any prefix of the items covers the prompts evenly) and the
 sampling noise of seed ``seed + i``; its edit gets the same seed. A crash loses at most the batch in progress.
@@ -45,12 +48,12 @@ from datamodules.rich_pairs import STATS_FILE
 from lit_pref.io import atomic_file
 from lit_pref.rewards.base import Scorer
 from lit_pref.rpo.critic import Critic
-from lit_pref.rpo.editor import Editor
+from lit_pref.rpo.editor import Edit, Editor
 
 if TYPE_CHECKING:
     from lit_pref.backbone import DiffusionBackbone
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: edit_mask column, two-sided relabelling
 METADATA_KEY = b"lit_pref.rpo.items"
 SHARD_GLOB = "part-*.parquet"
 RICH_PAIR_SCHEMA = pa.schema(list(PAIR_SCHEMA) + [
@@ -61,6 +64,7 @@ RICH_PAIR_SCHEMA = pa.schema(list(PAIR_SCHEMA) + [
     pa.field("seed", pa.int64()),
     pa.field("reward_0", pa.float64()),
     pa.field("reward_1", pa.float64()),
+    pa.field("edit_mask", pa.binary()),
 ])
 
 
@@ -71,9 +75,13 @@ class SynthesisStats:
     Attributes:
         sampled: Items sampled and critiqued.
         proposed: Pairs proposed: items whose critique had instructions, so an edit was made.
-        kept: Pairs kept (the edit's gain above the margin).
-        mean_gain: Mean scorer gain (edit minus original) of the kept pairs (NaN when none).
-        mean_gain_proposed: Mean gain of all proposed pairs (NaN when none).
+        kept: Pairs kept: ``kept_edit_wins + kept_original_wins``.
+        mean_gain: Mean scorer gain of the kept pairs' winner over their loser (NaN when none); with one-sided
+            relabelling, the mean gain of the kept edits.
+        mean_gain_proposed: Mean gain (edit minus original) of all proposed pairs (NaN when none).
+        kept_edit_wins: Pairs kept with the edit as the winner (its gain above the margin).
+        kept_original_wins: Pairs kept with the original as the winner (two-sided relabelling: the edit lost more
+            than the margin).
         seconds: Wall time of the call that returned them (0 when read back from ``_stats.json``).
     """
 
@@ -82,6 +90,8 @@ class SynthesisStats:
     kept: int
     mean_gain: float
     mean_gain_proposed: float
+    kept_edit_wins: int = 0
+    kept_original_wins: int = 0
     seconds: float = 0.0
 
     @property
@@ -92,6 +102,14 @@ class SynthesisStats:
 def png_bytes(image: Tensor) -> bytes:
     """``[3, H, W]`` in ``[0, 1]`` -> PNG bytes (lossless: 8-bit values survive the round trip)."""
     array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_png_bytes(mask: Tensor) -> bytes:
+    """``[1, H, W]`` in ``[0, 1]`` -> PNG bytes of a greyscale image (255 = repainted)."""
+    array = (mask.detach().float().clamp(0, 1)[0] * 255).round().to(torch.uint8).cpu().numpy()
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -129,13 +147,15 @@ def read_items(output_dir: str | Path) -> dict[int, dict[str, Any]]:
 def summarise(records: Sequence[dict[str, Any]], seconds: float = 0.0) -> SynthesisStats:
     """:class:`SynthesisStats` of item records."""
     proposed = [r["gain"] for r in records if r["gain"] is not None]
-    kept = [r["gain"] for r in records if r["kept"]]
+    kept = [r["gain"] if r["winner"] == "edit" else -r["gain"] for r in records if r["kept"]]
     return SynthesisStats(
         sampled=len(records),
         proposed=len(proposed),
         kept=len(kept),
         mean_gain=sum(kept) / len(kept) if kept else math.nan,
         mean_gain_proposed=sum(proposed) / len(proposed) if proposed else math.nan,
+        kept_edit_wins=sum(r["winner"] == "edit" for r in records),
+        kept_original_wins=sum(r["winner"] == "original" for r in records),
         seconds=seconds,
     )
 
@@ -154,10 +174,13 @@ class PairSynthesizer:
     Args:
         critic: Writes the critique and the edit instructions (``VLMCritic``, ``ToyCritic``...).
         editor: Carries out the instructions (``InstructPix2PixEditor``, ``Img2ImgEditor``, ``InpaintEditor``,
-            ``ToyEditor``...).
+            ``ControlNetEditor``, ``EditorChain``, ``ToyEditor``...).
         scorer: Relabels original and edit (any ``lit_pref.rewards.Scorer``, e.g. ImageReward); the pair is kept when
             ``score(edit) - score(original) > margin``.
         margin: Smallest gain that keeps a pair (in the scorer's units).
+        relabel: ``one_sided``: keep only edits that gain more than ``margin`` (winner = edit);
+            ``two_sided``: also keep edits that lose more than ``margin``, with the original as the winner
+            (``label_0 = 0``), so a failed edit still teaches what is worse.
         sample_from: Sample the originals from the ``"policy"`` (LoRA adapters on) or the ``"base"`` (adapters off).
         num_inference_steps: DDIM steps of the samples.
         guidance_scale: Classifier-free guidance of the samples.
@@ -172,6 +195,7 @@ class PairSynthesizer:
         editor: Editor,
         scorer: Scorer,
         margin: float = 0.0,
+        relabel: Literal["one_sided", "two_sided"] = "one_sided",
         sample_from: Literal["policy", "base"] = "policy",
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
@@ -184,7 +208,10 @@ class PairSynthesizer:
         self.critic = critic
         self.editor = editor
         self.scorer = scorer
+        if relabel not in ("one_sided", "two_sided"):
+            raise ValueError(f"relabel must be 'one_sided' or 'two_sided', got {relabel!r}")
         self.margin = margin
+        self.relabel = relabel
         self.sample_from = sample_from
         self.num_inference_steps = num_inference_steps
         self.guidance_scale = guidance_scale
@@ -203,6 +230,7 @@ class PairSynthesizer:
             "samples_per_prompt": samples_per_prompt,
             "seed": seed,
             "margin": self.margin,
+            "relabel": self.relabel,
             "sample_from": self.sample_from,
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
@@ -244,26 +272,32 @@ class PairSynthesizer:
         critiques = [self.critic.critique(image, text) for image, text in zip(images, texts)]
         edited = [k for k, c in enumerate(critiques) if c.instructions]
         gains: dict[int, tuple[float, float]] = {}
-        edits: dict[int, Tensor] = {}
+        edits: dict[int, Edit] = {}
         if edited:
             for k in edited:
-                edits[k] = self.editor.edit(images[k], critiques[k].instructions, texts[k], seed=seeds[k]).float().cpu()
+                edits[k] = self.editor.apply(images[k], critiques[k], texts[k], seed=seeds[k])
             chosen = [texts[k] for k in edited]
-            after = self.scorer.score(torch.stack([edits[k] for k in edited]), chosen).float().cpu().tolist()
+            after = self.scorer.score(torch.stack([edits[k].image.float().cpu() for k in edited]), chosen)
+            after = after.float().cpu().tolist()
             before = self.scorer.score(images[edited], chosen).float().cpu().tolist()
             gains = {k: (a, b) for k, a, b in zip(edited, after, before)}
         records, rows = [], {name: [] for name in RICH_PAIR_SCHEMA.names}
         for k, item in enumerate(items):
             after, before = gains.get(k, (None, None))
             gain = None if after is None else after - before
-            kept = gain is not None and gain > self.margin
-            records.append({"item": item, "prompt": texts[k], "seed": seeds[k], "kept": kept, "gain": gain,
-                            "reward_edit": after, "reward_original": before})
+            edit_wins = gain is not None and gain > self.margin
+            original_wins = gain is not None and self.relabel == "two_sided" and gain < -self.margin
+            kept = edit_wins or original_wins
+            winner = "edit" if edit_wins else "original" if original_wins else None
+            records.append({"item": item, "prompt": texts[k], "seed": seeds[k], "kept": kept, "winner": winner,
+                            "gain": gain, "reward_edit": after, "reward_original": before})
             if kept:
-                row = {"caption": texts[k], "jpg_0": png_bytes(edits[k]), "jpg_1": png_bytes(images[k]),
-                       "label_0": 1.0, "critique": critiques[k].text, "issues": list(critiques[k].issues),
-                       "instructions": list(critiques[k].instructions), "item": item, "seed": seeds[k],
-                       "reward_0": after, "reward_1": before}
+                mask = edits[k].mask
+                row = {"caption": texts[k], "jpg_0": png_bytes(edits[k].image), "jpg_1": png_bytes(images[k]),
+                       "label_0": 1.0 if edit_wins else 0.0, "critique": critiques[k].text,
+                       "issues": list(critiques[k].issues), "instructions": list(critiques[k].instructions),
+                       "item": item, "seed": seeds[k], "reward_0": after, "reward_1": before,
+                       "edit_mask": None if mask is None else mask_png_bytes(mask)}
                 for name in rows:
                     rows[name].append(row[name])
         return records, rows

@@ -22,7 +22,7 @@ from torch import Tensor
 from datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES, SIZE_RANGES, draw_shape
 from datamodules.toy import SIZES, parse_caption
 from lit_pref.rewards.toy import ToyJudge
-from lit_pref.rpo.critic import Critic, Critique
+from lit_pref.rpo.critic import Box, Critic, Critique
 from lit_pref.rpo.editor import Editor
 
 _COLOUR_NAMES = tuple(COLOURS)
@@ -79,6 +79,18 @@ def _direction(dy: float, dx: float) -> str:
     return f"the {vertical} {horizontal}"
 
 
+def shape_box(centroid: tuple[float, float], side: float, shape: str, height: int, width: int) -> Box:
+    """The bounding box (a :data:`~lit_pref.rpo.critic.Box`, clipped to the image) of a ``side``-pixel shape whose
+    centroid is at ``centroid`` (row, col): an upright triangle's centroid lies ``side / 6`` below its box's centre."""
+    row, col = centroid
+    if shape == "triangle":
+        row -= side / 6
+    half = side / 2
+    top, bottom = max(row - half, 0.0) / height, min(row + half, height) / height
+    left, right = max(col - half, 0.0) / width, min(col + half, width) / width
+    return top, left, bottom, right
+
+
 def _translate(image: Tensor, rows: int, cols: int) -> Tensor:
     """``image`` shifted by whole pixels (down, right), the uncovered border filled with its border's median colour."""
     border = torch.cat([image[:, 0, :], image[:, -1, :], image[:, :, 0], image[:, :, -1]], dim=1)
@@ -97,6 +109,11 @@ class ToyCritic(Critic):
     image without a shape gets "draw a ... in the centre"; a shape whose centroid is farther than
     ``centre_tolerance`` half-diagonals from the image centre gets "move the shape to the centre". A prompt outside
     the toy grammar gets a critique without instructions.
+
+    Each instruction comes with its kind and region, as a grounding VLM gives them: colour, shape and size fixes are
+    ``local`` to the shape's bounding box (for a new shape or size, the union of the old and new boxes), a move is
+    ``composition`` over where the shape is and where it goes, a background change is ``global`` without a region,
+    and drawing a missing shape is ``local`` to the box it will occupy in the centre.
 
     Args:
         centre_tolerance: Largest distance of the shape's centroid from the image centre, as a fraction of the
@@ -118,31 +135,49 @@ class ToyCritic(Critic):
             background = _BACKGROUND_NAMES[int(reading["background"][0])]
             issue = (f"the image shows no shape but the prompt asks for {_article(wanted.size)} {wanted.size} "
                      f"{wanted.colour} {wanted.shape}")
+            height, width = image.shape[-2:]
+            low, high = (bound * max(height, width) for bound in SIZE_RANGES[wanted.size])
+            target = shape_box((height / 2, width / 2), (low + high) / 2, wanted.shape, height, width)
             instructions = [draw_instruction(wanted.size, wanted.colour, wanted.shape)]
+            regions, kinds = [[target]], ["local"]
             if background != wanted.background:
                 instructions.append(background_instruction(wanted.background))
+                regions.append([])
+                kinds.append("global")
             return Critique(text=f"The image is an empty {background} canvas. Problem: {issue}.", issues=[issue],
-                            instructions=instructions)
+                            instructions=instructions, regions=regions, kinds=kinds)
 
         colour = _COLOUR_NAMES[int(reading["colour"][0])]
         shape = _SHAPE_BY_CODE[int(reading["shape"][0])]
         size = SIZES[int(reading["size"][0])]
         background = _BACKGROUND_NAMES[int(reading["background"][0])]
-        issues, instructions = [], []
+        height, width = image.shape[-2:]
+        side = float(reading["side"][0])
+        centroid = (float(reading["center"][0, 0]), float(reading["center"][0, 1]))
+        box = shape_box(centroid, side, shape, height, width)
+        issues, instructions, regions, kinds = [], [], [], []
         if colour != wanted.colour:
             issues.append(f"the shape is {colour} but the prompt asks for {wanted.colour}")
             instructions.append(colour_instruction(wanted.colour))
+            regions.append([box])
+            kinds.append("local")
         if shape != wanted.shape:
             issues.append(f"the shape is {_article(shape)} {shape} but the prompt asks for "
                           f"{_article(wanted.shape)} {wanted.shape}")
             instructions.append(shape_instruction(shape, wanted.shape))
+            regions.append([box, shape_box(centroid, side, wanted.shape, height, width)])
+            kinds.append("local")
         if size != wanted.size:
             issues.append(f"the shape is {size} but the prompt asks for a {wanted.size} one")
             instructions.append(size_instruction(wanted.size))
+            low, high = (bound * max(height, width) for bound in SIZE_RANGES[wanted.size])
+            regions.append([box, shape_box(centroid, (low + high) / 2, wanted.shape, height, width)])
+            kinds.append("local")
         if background != wanted.background:
             issues.append(f"the background is {background} but the prompt asks for {wanted.background}")
             instructions.append(background_instruction(wanted.background))
-        height, width = image.shape[-2:]
+            regions.append([])
+            kinds.append("global")
         dy = float(reading["center"][0, 0]) - height / 2
         dx = float(reading["center"][0, 1]) - width / 2
         offset = math.hypot(dy, dx) / (math.hypot(height, width) / 2)
@@ -152,9 +187,11 @@ class ToyCritic(Critic):
         if self.centre_tolerance is not None and offset > self.centre_tolerance:
             issues.append(f"the shape sits off-centre, towards {_direction(dy, dx)}")
             instructions.append(CENTRE_INSTRUCTION)
+            regions.append([box, shape_box((height / 2, width / 2), side, shape, height, width)])
+            kinds.append("composition")
         text = f"The image shows {_article(size)} {size} {colour} {shape} on a {background} background, {where}."
         text += (" Problems: " + "; ".join(issues) + ".") if issues else " It matches the prompt."
-        return Critique(text=text, issues=issues, instructions=instructions)
+        return Critique(text=text, issues=issues, instructions=instructions, regions=regions, kinds=kinds)
 
 
 class ToyEditor(Editor):
