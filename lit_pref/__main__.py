@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, str] = {
     "compare": "lit_pref.compare",
     "synthesize-pairs": "lit_pref.rpo.cli",
     "interact": "lit_pref.vca.interact",
+    "dialogues-to-pairs": "datamodules.dialogue_pairs",
 }
 
 
