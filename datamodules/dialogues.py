@@ -306,6 +306,7 @@ def _as_list(items: list[Dialogue]) -> list[Dialogue]:
 
 class DialogueDataModule(pl.LightningDataModule):
     """Multi-round dialogues from JSONL files (format in :mod:`datamodules.dialogues`); batches are ``list[Dialogue]``,
+    whose turns' image paths are resolved against the file's folder (absolute paths stay as they are),
     or with ``pairs=True`` the dialogues' preference pairs in the batch format of
     :class:`~datamodules.PreferencePairDataModule` (:mod:`datamodules.dialogue_pairs`: chosen ≻ each unchosen image of
     every round with ``images`` and ``chosen``; plus ``satisfaction``), so pair methods and the reward model train on
@@ -374,7 +375,10 @@ class DialogueDataModule(pl.LightningDataModule):
             from .dialogue_pairs import DialoguePairDataset  # it imports this module
 
             return DialoguePairDataset(path, self.resolution, self.check_images)
-        return DialogueDataset(read_dialogues(path, self.check_images))
+        dialogues = read_dialogues(path, self.check_images)
+        for turn in (turn for dialogue in dialogues for turn in dialogue.turns if turn.images):
+            turn.images = [str(Path(path).parent / image) for image in turn.images]  # usable without the file
+        return DialogueDataset(dialogues)
 
     def _collate(self, dataset: Dataset) -> Any:
         return dataset.collate if self.pairs else _as_list
