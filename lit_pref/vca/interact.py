@@ -10,14 +10,21 @@ header names localhost only (DNS rebinding); its POST endpoints take and return 
 application/json`` is required, so another web site cannot post a plain form to them):
 
 - ``GET /``: the page (:mod:`lit_pref.vca.page`).
-- ``POST /api/start`` ``{"prompt", "category"?}`` -> ``{"session_id", "round": 1, "prompt", "images"}``
-  (``images``: K PNG data URIs).
+- ``POST /api/start`` ``{"prompt", "category"?}`` -> ``{"session_id", "round": 1, "prompt", "images", "adapt"}``
+  (``images``: K PNG data URIs; ``adapt``: whether the tool adapts the model after each choice).
 - ``POST /api/choose`` ``{"session_id", "chosen", "feedback", "satisfaction"?}`` -> ``{"round", "next_prompt"}``:
-  records the round and refines the prompt.
+  records the round and refines the prompt; with ``--adapt`` first adapts the LoRA to the choice and adds
+  ``"adapted": {"updates", "total_updates", "seconds"}``.
 - ``POST /api/next`` ``{"session_id", "prompt"}`` -> ``{"session_id", "round", "prompt", "images"}``.
 - ``POST /api/finish`` ``{"session_id", "chosen"?, "feedback"?, "satisfaction"?}`` -> ``{"dialogue_id", "rounds",
   "path"}``: records a round not yet chosen from (with ``chosen`` when given, else with its images and no choice),
-  appends the dialogue and closes the session.
+  appends the dialogue and closes the session; with ``--adapt`` also saves the session's LoRA (diffusers format) to
+  ``<output stem>_images/<dialogue id>/lora`` and adds ``"lora"``.
+
+Co-adaptation (``--adapt``): after each choice, :class:`~lit_pref.vca.adapt.LiveAdapter` makes ``--adapt_updates``
+Diffusion-DPO steps of the LoRA on the round's pairs (chosen ≻ each unchosen image), so the next round is drawn from
+the adapted model; a new session starts from the LoRA the tool was started with. An adapting tool serves one person
+at a time (sessions share the model).
 
 Errors answer ``{"error": message}`` with status 400 (bad request), 403 (foreign host), 404 or 415.
 """
@@ -46,6 +53,7 @@ from datamodules.dialogues import Dialogue, Turn, append_dialogue
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import lora_config
 from lit_pref.io import atomic_file
+from lit_pref.vca.adapt import LiveAdapter
 from lit_pref.vca.page import PAGE
 from lit_pref.vca.refiner import PromptRefiner
 
@@ -97,6 +105,7 @@ class Studio:
         eta: DDIM eta (0: deterministic given the seed).
         seed: Seed of the first round; every later generation uses the next seed.
         category: Label saved with dialogues whose start request gives none.
+        adapter: Adapts the LoRA after each choice (``--adapt``); None: the model stays fixed.
     """
 
     def __init__(
@@ -110,6 +119,7 @@ class Studio:
         eta: float = 0.0,
         seed: int = 0,
         category: str | None = None,
+        adapter: LiveAdapter | None = None,
     ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
@@ -123,6 +133,8 @@ class Studio:
         self.eta = eta
         self.next_seed = seed
         self.category = category
+        self.adapter = adapter
+        self.last_adaptation = None
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
 
@@ -157,6 +169,8 @@ class Studio:
         with self.lock:
             dialogue_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
             session = Session(dialogue_id, prompt.strip(), category if category is not None else self.category)
+            if self.adapter is not None:
+                self.adapter.reset()  # every person starts from the tool's LoRA
             images = self._generate(session, session.initial_prompt)
             self.sessions[session.dialogue_id] = session
             return session, images
@@ -179,7 +193,10 @@ class Studio:
             session = self._session(session_id)
             if session.pending is None:
                 raise RequestError("no images to choose from: generate the next round first")
+            images = session.pending[2]
             turn = self._record(session, chosen, feedback, satisfaction)
+            if self.adapter is not None and len(images) >= 2:
+                self.last_adaptation = self.adapter.adapt(images, chosen, turn.prompt)
             return turn, self.refiner.refine(turn.prompt, feedback, list(session.turns))
 
     def next_round(self, session_id: str, prompt: str) -> tuple[Session, Tensor]:
@@ -202,8 +219,15 @@ class Studio:
                 self._record(session, chosen, feedback, satisfaction)
             dialogue = Dialogue(session.dialogue_id, session.initial_prompt, session.turns, session.category)
             append_dialogue(self.output, dialogue)
+            if self.adapter is not None:
+                self.backbone.save_lora(self.lora_path(dialogue.dialogue_id))
             del self.sessions[session_id]
             return dialogue
+
+
+    def lora_path(self, dialogue_id: str) -> Path:
+        """Where ``--adapt`` saves a finished session's LoRA: ``<output stem>_images/<dialogue id>/lora``."""
+        return self.image_root / dialogue_id / "lora"
 
 
 def to_pil(image: Tensor) -> Image.Image:
@@ -294,14 +318,19 @@ def _handler(studio: Studio) -> type[BaseHTTPRequestHandler]:
 
         def _start(self, payload: dict) -> dict:
             session, images = studio.start(_get(payload, "prompt", str), _get(payload, "category", str, required=False))
-            return _round_reply(session, images)
+            return {**_round_reply(session, images), "adapt": studio.adapter is not None}
 
         def _choose(self, payload: dict) -> dict:
             turn, next_prompt = studio.choose(
                 _get(payload, "session_id", str), _get(payload, "chosen", int), _get(payload, "feedback", str),
                 _get(payload, "satisfaction", (int, float), required=False),
             )
-            return {"round": turn.round, "next_prompt": next_prompt}
+            reply = {"round": turn.round, "next_prompt": next_prompt}
+            if studio.adapter is not None and studio.last_adaptation is not None:
+                stats = studio.last_adaptation
+                reply["adapted"] = {"updates": stats.updates, "total_updates": studio.adapter.total_updates,
+                                    "seconds": round(stats.seconds, 3)}
+            return reply
 
         def _next(self, payload: dict) -> dict:
             return _round_reply(*studio.next_round(_get(payload, "session_id", str), _get(payload, "prompt", str)))
@@ -312,7 +341,10 @@ def _handler(studio: Studio) -> type[BaseHTTPRequestHandler]:
                 _get(payload, "feedback", str, required=False, default=""),
                 _get(payload, "satisfaction", (int, float), required=False),
             )
-            return {"dialogue_id": dialogue.dialogue_id, "rounds": len(dialogue.turns), "path": str(studio.output)}
+            reply = {"dialogue_id": dialogue.dialogue_id, "rounds": len(dialogue.turns), "path": str(studio.output)}
+            if studio.adapter is not None:
+                reply["lora"] = str(studio.lora_path(dialogue.dialogue_id))
+            return reply
 
     return Handler
 
@@ -381,7 +413,12 @@ def run_terminal(studio: Studio, stdin: TextIO, stdout: TextIO) -> list[Dialogue
                     pass
                 satisfaction = None
                 stdout.write("  please type a number from 0 to 1, or press Enter\n")
+            if studio.adapter is not None:
+                stdout.write("adapting the model to your choice...\n")
             _, next_prompt = studio.choose(session.dialogue_id, chosen, feedback, satisfaction)
+            if studio.adapter is not None and studio.last_adaptation is not None:
+                stdout.write(f"adapted: {studio.last_adaptation.updates} updates in {studio.last_adaptation.seconds:.1f} s "
+                             f"({studio.adapter.total_updates} this session)\n")
             stdout.write(f"next prompt: {next_prompt}\n")
             answer = _ask("Enter to generate it, type another prompt, or 'finish'> ", stdin, stdout)
             if answer is None or answer == "finish":
@@ -418,6 +455,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--host", type=str, default="127.0.0.1", help="Must be 127.0.0.1 or localhost.")
     parser.add_argument("--port", type=int, default=8765, help="Port (0: any free port; the URL is printed).")
     parser.add_argument("--terminal", type=bool, default=False, help="Run in the terminal instead of a web page.")
+    parser.add_argument("--adapt", type=bool, default=False,
+                        help="Adapt the LoRA after each choice (Diffusion-DPO on the round's pairs); finishing saves it.")
+    parser.add_argument("--adapt_updates", type=int, default=4, help="Optimizer steps after each choice (--adapt).")
+    parser.add_argument("--adapt_lr", type=float, default=1e-3, help="Learning rate of the adaptation (--adapt).")
+    parser.add_argument("--adapt_beta", type=float, default=5000.0, help="Diffusion-DPO beta of the adaptation.")
     return parser
 
 
@@ -443,8 +485,10 @@ def studio_from_args(cfg: Namespace) -> Studio:
     if cfg.lora is not None:
         backbone.load_lora(cfg.lora)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return Studio(backbone.to(device), objects.refiner, cfg.output, cfg.num_images, cfg.num_inference_steps,
-                  cfg.guidance_scale, cfg.eta, cfg.seed, cfg.category)
+    backbone = backbone.to(device)
+    adapter = LiveAdapter(backbone, cfg.adapt_updates, cfg.adapt_lr, cfg.adapt_beta, seed=cfg.seed) if cfg.adapt else None
+    return Studio(backbone, objects.refiner, cfg.output, cfg.num_images, cfg.num_inference_steps,
+                  cfg.guidance_scale, cfg.eta, cfg.seed, cfg.category, adapter)
 
 
 def main(argv: list[str]) -> None:
