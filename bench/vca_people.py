@@ -2,9 +2,11 @@
 
     python bench/vca_people.py --out runs/vca_people
 
-1. The toy simulated user plays dialogues on rendered toy images (``make_toy_dialogues``); they are written to JSONL
-   with their images, then read back only as recorded data: ``train`` (seed 0) and ``held_out`` (seed 1, other
-   targets and positions).
+1. The toy simulated user plays dialogues; they are written to JSONL with their images, then read back only as
+   recorded data: ``train`` (seed 0) and ``held_out`` (seed 1, other targets and noise). ``--images rendered``: the
+   images of a round are renderings of its prompt (``make_toy_dialogues``), so they differ only in position and the
+   choice is the most centred one; ``--images model``: they are the toy model's samples of the prompt (as the
+   interactive tool shows them), which also differ in colour, shape, size and background.
 2. A reward model (``configs/reward_model/dialogues_toy.yaml``'s settings) trains on the train file's pairs
    (``DialogueDataModule(pairs=True)``) and is saved to ``<out>/reward_model``.
 3. Its agreement with the hidden human on the held-out file's pairs (chosen ≻ unchosen, the user's choice by the
@@ -17,17 +19,21 @@ and ``bench/vca_rounds.py`` compares rounds-to-target.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from datamodules import DialogueDataModule
+from datamodules import Dialogue, DialogueDataModule
 from datamodules.dialogue_pairs import DialoguePairDataset
+from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules import RewardModel
 from lit_pref.rewards import RewardModelScorer
-from lit_pref.vca import make_toy_dialogues
+from lit_pref.vca import TemplateRefiner, ToySimulatedUser, make_toy_dialogues, play_dialogue, toy_start
+from lit_pref.vca.interact import to_pil
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -38,6 +44,33 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def record_with_model(backbone: DiffusionBackbone, path: Path, n: int, seed: int, steps: int, k: int = 4,
+                      rounds: int = 5) -> None:
+    """Plays ``n`` toy dialogues on the model's images (as ``make_toy_dialogues`` does on rendered ones) and writes
+    them, with their images, in the dialogue format."""
+    rng = np.random.default_rng(seed)
+    image_dir = path.parent / f"{path.stem}_images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    dialogues = []
+    for i in range(n):
+        target, initial = toy_start(rng, max_changes=3)
+
+        def generate(prompt: str, t: int) -> torch.Tensor:
+            generator = torch.Generator().manual_seed(10**6 * seed + 100 * i + t)
+            with torch.no_grad():
+                return backbone.sample([prompt] * k, num_inference_steps=steps, guidance_scale=4.0,
+                                       generator=generator).float()
+
+        dialogue_id = f"toy-model-{seed}-{i}"
+        turns, shown = play_dialogue(generate, ToySimulatedUser(target), TemplateRefiner(), initial, rounds)
+        for turn, images in zip(turns, shown):
+            turn.images = [f"{image_dir.name}/{dialogue_id}_r{turn.round}_{j}.png" for j in range(k)]
+            for name, image in zip(turn.images, images):
+                to_pil(image).save(path.parent / name)
+        dialogues.append(Dialogue(dialogue_id, initial, turns, category="toy"))
+    path.write_text("".join(json.dumps(d.to_json()) + "\n" for d in dialogues), encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/vca_people", help="output folder")
@@ -45,11 +78,18 @@ def main() -> None:
     parser.add_argument("--held_out_dialogues", type=int, default=64)
     parser.add_argument("--steps", type=int, default=600, help="reward-model optimizer steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", choices=["rendered", "model"], default="rendered", help="who draws the images")
+    parser.add_argument("--ddim_steps", type=int, default=10, help="DDIM steps of the model's images")
     args = parser.parse_args()
     out = Path(args.out)
     train, held_out = out / "dialogues" / "train.jsonl", out / "dialogues" / "held_out.jsonl"
-    make_toy_dialogues(train, args.train_dialogues, seed=0, save_images=True)
-    make_toy_dialogues(held_out, args.held_out_dialogues, seed=1, save_images=True)
+    if args.images == "rendered":
+        make_toy_dialogues(train, args.train_dialogues, seed=0, save_images=True)
+        make_toy_dialogues(held_out, args.held_out_dialogues, seed=1, save_images=True)
+    else:
+        backbone = DiffusionBackbone(model="toy").eval()
+        record_with_model(backbone, train, args.train_dialogues, 0, args.ddim_steps)
+        record_with_model(backbone, held_out, args.held_out_dialogues, 1, args.ddim_steps)
 
     seed_everything(args.seed)
     model = RewardModel(clip_model="toy", hidden_dim=64, export_dir=str(out / "reward_model"),

@@ -55,7 +55,7 @@ def test_adapting_web_session_reports_updates_and_saves_a_lora_stock_diffusers_l
     from lit_pref.vca.interact import make_server
 
     cfg = parse_args([*FAST, "--output", str(tmp_path / "d.jsonl"), "--port", "0", "--num_images", "2",
-                      "--adapt", "true", "--adapt_updates", "3"])
+                      "--adapt", "true", "--adapt_updates", "2"])
     studio = studio_from_args(cfg)
     srv = make_server(studio, cfg.host, cfg.port)
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -65,11 +65,8 @@ def test_adapting_web_session_reports_updates_and_saves_a_lora_stock_diffusers_l
         status, r1 = _request(srv, "/api/start", {"prompt": RED})
         assert status == 200 and r1["adapt"] is True
         status, c1 = _request(srv, "/api/choose", {"session_id": r1["session_id"], "chosen": 1, "feedback": "greener"})
-        assert status == 200 and c1["adapted"]["updates"] == 3 and c1["adapted"]["total_updates"] == 3
+        assert status == 200 and c1["adapted"]["updates"] == 2 and c1["adapted"]["total_updates"] == 2
         assert any(not torch.equal(p, s) for p, s in zip(studio.backbone.lora_parameters(), start))
-        _request(srv, "/api/next", {"session_id": r1["session_id"], "prompt": c1["next_prompt"]})
-        status, c2 = _request(srv, "/api/choose", {"session_id": r1["session_id"], "chosen": 0, "feedback": "ok"})
-        assert c2["adapted"]["total_updates"] == 6
         status, done = _request(srv, "/api/finish", {"session_id": r1["session_id"]})
         assert status == 200 and done["lora"].endswith("/lora")
         # A new session starts from the tool's LoRA again.
@@ -80,7 +77,7 @@ def test_adapting_web_session_reports_updates_and_saves_a_lora_stock_diffusers_l
         srv.server_close()
         thread.join()
     (dialogue,) = read_dialogues(tmp_path / "d.jsonl")
-    assert [t.chosen for t in dialogue.turns] == [1, 0]
+    assert [t.chosen for t in dialogue.turns] == [1]
     # The saved LoRA is the adapted one, and stock diffusers loads it.
     adapted = DiffusionBackbone(model="toy")
     adapted.load_lora(done["lora"])

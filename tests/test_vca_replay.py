@@ -112,3 +112,38 @@ def test_sd15_config_trains_on_a_real_dialogue_file_with_a_tiny_model(tmp_path):
           "--data.init_args.train_path", str(path), "--data.init_args.batch_size", "2"])
     lora = tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors"
     assert lora.is_file()
+
+
+def test_trained_policy_beats_the_untrained_one_on_r_pref_with_fixed_prompts_and_noise(tmp_path):
+    """Replay training with R_pref alone (the other weights 0) raises R_pref of images sampled from fixed prompts and
+    fixed noise above what the untrained policy (adapters off) gets from the same prompts and noise; an update that
+    does nothing (or a sign error) fails it. R_pref here is the images' brightness, which the toy model can change."""
+    torch.manual_seed(0)
+    dialogues = [Dialogue(f"d{i}", p, [Turn(1, "", prompt=p), Turn(2, "", prompt=p), Turn(3, "", prompt=p)])
+                 for i, p in enumerate(["a small red circle on a black background",
+                                        "a large blue square on a black background"])]
+    zero = [0.0, 0.0]
+    schedule = RoundWeightSchedule(num_rounds=3, diversity=zero, consistency=zero, mutual_information=zero,
+                                   preference=[1.0, 1.0])
+    reward = RecordingReward(Brightness(), schedule, clip_model="toy")
+    model = VCAPPO(DiffusionBackbone(model="toy", lora_rank=4), reward, users=None, num_rounds=3,
+                   num_inference_steps=4, guidance_scale=4.0,
+                   ppo=PPOSettings(num_images=4, minibatch_size=4, inner_epochs=2, clip_range=0.2, min_count=4),
+                   optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2))
+    trainer = __import__("lightning.pytorch", fromlist=["Trainer"]).Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False)
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader([dialogues], batch_size=None,
+                                                                     collate_fn=lambda d: d))
+    prompts = [d.initial_prompt for d in dialogues for _ in range(8)]
+
+    def brightness() -> float:
+        with torch.no_grad():
+            images = model.backbone.sample(prompts, num_inference_steps=4, guidance_scale=4.0, eta=1.0,
+                                           generator=torch.Generator().manual_seed(123))
+        return Brightness().score(images, prompts).mean().item()
+
+    trained = brightness()
+    with model.backbone.reference():
+        untrained = brightness()
+    assert trained > untrained + 0.005, (trained, untrained)  # measured: 0.064 vs 0.054

@@ -89,6 +89,11 @@ class LiveAdapter:
         if images.ndim != 4 or k < 2 or not 0 <= chosen < k:
             raise ValueError(f"need [K, 3, H, W] images with K >= 2 and chosen in 0..K-1, got {tuple(images.shape)}, "
                              f"{chosen}")
+        with torch.enable_grad():  # also when called under no_grad
+            return self._adapt(images, chosen, prompt)
+
+    def _adapt(self, images: Tensor, chosen: int, prompt: str) -> AdaptStats:
+        k = images.shape[0]
         start = time.perf_counter()
         backbone = self.backbone
         was_training = backbone.training
