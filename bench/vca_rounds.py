@@ -2,6 +2,7 @@
 
     python bench/vca_rounds.py                                    # the toy base model
     python bench/vca_rounds.py --lora runs/vca/version_0/lora     # the base and the LoRA, same dialogues and noise
+    python bench/vca_rounds.py --adapt --seeds 10 11 12           # also the base adapting live, as interact --adapt
 
 Each dialogue starts from :func:`lit_pref.vca.toy_start` (a hidden target caption; an initial prompt that differs
 in 1-3 attributes) and is played by :func:`lit_pref.vca.play_dialogue`: K images of the current prompt from the
@@ -11,7 +12,10 @@ centre (centredness >= 0.8); the captions cannot ask for position, so that part 
 Round ``t`` of dialogue ``i`` uses the same initial noise for every model. Reports, per model: the share of
 dialogues that reach the target within ``--rounds``, the mean rounds of those that do, the mean rounds-to-target
 with unreached dialogues counted as ``rounds + 1``, the rounds until all four attributes are right (position
-ignored), and generated images per second.
+ignored), and generated images per second. With ``--adapt`` the base model also plays while adapting live, as
+``python -m lit_pref interact --adapt`` does (:class:`~lit_pref.vca.adapt.LiveAdapter`: after each choice
+``--adapt_updates`` DPO steps on the round's pairs; the LoRA is reset for every dialogue), and the seconds per
+adaptation step are reported. ``--seeds`` repeats everything for several seeds of the dialogue starts and noise.
 """
 
 from __future__ import annotations
@@ -26,22 +30,44 @@ import torch
 
 from lit_pref.backbone import DiffusionBackbone, lora_config
 from lit_pref.vca import TemplateRefiner, ToySimulatedUser, play_dialogue, toy_start
+from lit_pref.vca.adapt import LiveAdapter
 
 
-@torch.no_grad()
+class AdaptingUser(ToySimulatedUser):
+    """The toy user, after whose every choice the adapter updates the model on the round's pairs."""
+
+    def __init__(self, target: str, adapter: LiveAdapter) -> None:
+        super().__init__(target)
+        self.adapter = adapter
+        self.seconds: list[float] = []
+
+    def choose(self, images: torch.Tensor, prompt: str = "") -> int:
+        k = super().choose(images, prompt)
+        if not self.satisfied(images[k]):  # the dialogue goes on: adapt before the next round
+            self.seconds.append(self.adapter.adapt(images, k, prompt).seconds / self.adapter.updates)
+        return k
+
+
 def play(backbone: DiffusionBackbone, starts: list[tuple[str, str]], rounds: int, k: int, steps: int,
-         guidance: float) -> dict:
-    """Plays every dialogue; returns rounds-to-target statistics and images/s."""
-    reached, attributes, images = [], [], 0
+         guidance: float, seed: int = 0, adapter: LiveAdapter | None = None) -> dict:
+    """Plays every dialogue (adapting live with ``adapter``); returns rounds-to-target statistics and images/s."""
+    reached, attributes, images, adapt_seconds = [], [], 0, []
     start = time.perf_counter()
     for i, (target, initial) in enumerate(starts):
         def generate(prompt: str, t: int) -> torch.Tensor:
-            generators = [torch.Generator(backbone.device).manual_seed(1_000_000 * i + 1000 * t + j) for j in range(k)]
-            return backbone.sample([prompt] * k, num_inference_steps=steps, guidance_scale=guidance,
-                                   generator=generators).float().cpu()
+            generators = [torch.Generator(backbone.device).manual_seed(10**9 * seed + 1_000_000 * i + 1000 * t + j)
+                          for j in range(k)]
+            with torch.no_grad():
+                return backbone.sample([prompt] * k, num_inference_steps=steps, guidance_scale=guidance,
+                                       generator=generators).float().cpu()
 
-        user = ToySimulatedUser(target)
+        if adapter is not None:
+            adapter.reset()
+            user = AdaptingUser(target, adapter)
+        else:
+            user = ToySimulatedUser(target)
         turns, shown = play_dialogue(generate, user, TemplateRefiner(), initial, rounds)
+        adapt_seconds += getattr(user, "seconds", [])
         images += sum(len(s) for s in shown)
         reached.append(len(turns) if turns[-1].user_feedback == "perfect" else None)
         first = next((t.round for t in turns if t.user_feedback in ("perfect", "move it to the centre")), None)
@@ -55,6 +81,8 @@ def play(backbone: DiffusionBackbone, starts: list[tuple[str, str]], rounds: int
         "rounds_capped": statistics.mean(r if r is not None else rounds + 1 for r in reached),
         "attributes_rounds_capped": statistics.mean(r if r is not None else rounds + 1 for r in attributes),
         "images_per_s": images / seconds,
+        "rounds": reached,
+        "seconds_per_adapt_step": statistics.mean(adapt_seconds) if adapt_seconds else float("nan"),
     }
 
 
@@ -66,27 +94,43 @@ def main() -> None:
     parser.add_argument("--num_images", type=int, default=4, help="images per round (K)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dialogue starts")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the dialogue starts and noise")
+    parser.add_argument("--adapt", action="store_true", help="also play the base model adapting live")
+    parser.add_argument("--adapt_updates", type=int, default=4, help="DPO steps after each choice (--adapt)")
+    parser.add_argument("--adapt_lr", type=float, default=1e-3, help="learning rate of the adaptation (--adapt)")
+    parser.add_argument("--adapt_beta", type=float, default=5000.0, help="Diffusion-DPO beta of the adaptation")
     args = parser.parse_args()
 
-    rng = np.random.default_rng(args.seed)
-    starts = [toy_start(rng, max_changes=3) for _ in range(args.dialogues)]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone = DiffusionBackbone(model="toy", **(lora_config(args.lora) if args.lora else {}))
     if args.lora:
         backbone.load_lora(args.lora)
-    backbone = backbone.eval().to("cuda" if torch.cuda.is_available() else "cpu")
-    models = {"base": backbone.reference}
+    backbone = backbone.eval().to(device)
+    models = {"base": (backbone, backbone.reference, None)}
     if args.lora:
-        models["lora"] = contextlib.nullcontext
-    print(f"{args.dialogues} toy dialogues, at most {args.rounds} rounds, K={args.num_images}, {args.steps} DDIM steps, "
-          f"guidance {args.guidance}, device {backbone.device}\n")
-    print("| model | reached target | rounds (reached) | rounds (unreached = max+1) | rounds to 4 attributes | images/s |")
-    print("|---|---|---|---|---|---|")
-    for name, context in models.items():
-        with context():
-            r = play(backbone, starts, args.rounds, args.num_images, args.steps, args.guidance)
-        print(f"| {name} | {r['success']:.0%} of {r['n']} | {r['rounds_if_reached']:.2f} | {r['rounds_capped']:.2f} | "
-              f"{r['attributes_rounds_capped']:.2f} | {r['images_per_s']:.1f} |")
+        models["lora"] = (backbone, contextlib.nullcontext, None)
+    if args.adapt:
+        live = DiffusionBackbone(model="toy").eval().to(device)  # LoRA B = 0: starts as the base
+        adapter = LiveAdapter(live, args.adapt_updates, args.adapt_lr, args.adapt_beta)
+        models["base + live adaptation"] = (live, contextlib.nullcontext, adapter)
+    print(f"{args.dialogues} toy dialogues per seed, seeds {args.seeds}, at most {args.rounds} rounds, "
+          f"K={args.num_images}, {args.steps} DDIM steps, guidance {args.guidance}, device {device}\n")
+    print("| seed | model | reached target | rounds (reached) | rounds (unreached = max+1) | rounds to 4 attributes | "
+          "images/s | s per adaptation step |")
+    print("|---|---|---|---|---|---|---|---|")
+    capped: dict[str, list[float]] = {name: [] for name in models}
+    for seed in args.seeds:
+        rng = np.random.default_rng(seed)
+        starts = [toy_start(rng, max_changes=3) for _ in range(args.dialogues)]
+        for name, (model, context, adapter) in models.items():
+            with context():
+                r = play(model, starts, args.rounds, args.num_images, args.steps, args.guidance, seed, adapter)
+            capped[name].append(r["rounds_capped"])
+            print(f"| {seed} | {name} | {r['success']:.0%} of {r['n']} | {r['rounds_if_reached']:.2f} | "
+                  f"{r['rounds_capped']:.2f} | {r['attributes_rounds_capped']:.2f} | {r['images_per_s']:.1f} | "
+                  f"{r['seconds_per_adapt_step']:.2f} |", flush=True)
+    print("\nmean rounds-to-target (unreached = max+1) over seeds: " + "; ".join(
+        f"{name} {statistics.mean(v):.2f} (per seed {', '.join(f'{x:.2f}' for x in v)})" for name, v in capped.items()))
 
 
 if __name__ == "__main__":

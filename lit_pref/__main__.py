@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "lit_pref.evaluate",
     "synthesize-pairs": "lit_pref.rpo.cli",
     "interact": "lit_pref.vca.interact",
+    "dialogues-to-pairs": "datamodules.dialogue_pairs",
 }
 
 # One line per subcommand for ``--help`` (a subcommand missing here shows its module docstring's first line).

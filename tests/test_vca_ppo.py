@@ -106,14 +106,13 @@ class SurrogateCheck(VCAPPO):
         return stats
 
 
-def test_short_fit_logs_every_round_improves_the_surrogate_and_the_rewards_rise_over_the_rounds(tmp_path):
+def test_short_fit_logs_every_round_improves_the_surrogate_and_the_dialogues_reach_their_targets(tmp_path):
     """A real run through Lightning: one batch of two toy dialogues, three rounds, R_pref from a saved reward model.
 
     Each round has one optimizer step on all its samples and steps, so the first step is in the first-order regime:
     it must raise the advantage-weighted log-probs of the transitions it was computed on (a sign error in the loss,
     the advantages or the log-probs would lower them). Over the rounds of the dialogues the users' feedback and the
-    refiner move the prompts to the hidden targets, so the hidden reward of the last round beats the first's, and
-    R_total rises with them.
+    refiner move the prompts to the hidden targets, so the hidden reward of the last round beats the first's.
     """
     torch.manual_seed(0)
     make_toy_dialogues(tmp_path / "train.jsonl", 2, seed=0)
@@ -154,7 +153,5 @@ def test_short_fit_logs_every_round_improves_the_surrogate_and_the_rewards_rise_
     assert events.Scalars("train/clipfrac")[0].value == 0.0
     hidden = [e.value for e in events.Scalars("train/hidden_reward")]
     assert hidden[-1] > hidden[0], hidden
-    # R_total rises too: the schedule moves weight from diversity (images of one prompt differ a little) to
-    # consistency with the image the user chose (the next round's images resemble it), as the method intends.
-    total = [e.value for e in events.Scalars("train/reward_total")]
-    assert total[-1] > total[0], total
+    # That the update itself improves the policy is tested on fixed prompts and noise (test_vca_replay.py): R_total
+    # rising over the rounds says nothing about it (the schedule and the refiner make it rise without training).

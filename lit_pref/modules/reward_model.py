@@ -26,6 +26,12 @@ class RewardModel(EmptyBatchGuard, LightningModule):
     the loss is ``-logsigmoid(beta * (s_w - s_l))``, averaged over the batch; logged as ``train/loss``,
     ``train/accuracy`` (s_w > s_l), ``train/margin``, ``train/ties_dropped`` and ``val/*`` alike.
 
+    Satisfaction as an extra target: batches of ``DialogueDataModule(pairs=True)`` carry ``satisfaction`` ``[B]``, the
+    satisfaction in ``[0, 1]`` a person recorded for the round's chosen image (NaN: none recorded). With
+    ``satisfaction_weight`` w > 0 the loss adds ``w * mean((sigmoid(s_w) - satisfaction)^2)`` over the kept pairs that
+    recorded one (the chosen image is the winner), so the score's level, not only its differences, follows what
+    people said; logged as ``train/satisfaction_mse``. Batches without the key, or without recorded values, add 0.
+
     At the end of fit the head and the name of its CLIP are saved to ``export_dir`` (default
     ``<log_dir>/reward_model``), the folder ``lit_pref.rewards.RewardModelScorer`` loads. Lightning checkpoints
     hold the head only (CLIP is frozen and named by the config).
@@ -40,6 +46,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
         ties: Literal["drop", "keep_first", "raise"] = "drop",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         export_dir: str | None = None,
+        satisfaction_weight: float = 0.0,
     ) -> None:
         """
         Args:
@@ -53,6 +60,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
             optimizer: Optimizer factory, called with the head's parameters.
             export_dir: Folder the trained reward model is saved to at the end of fit; ``None`` =
                 ``<trainer.log_dir>/reward_model``.
+            satisfaction_weight: Weight w of the satisfaction term (see the class docstring); 0 turns it off.
         """
         super().__init__()
         if not beta > 0:
@@ -72,6 +80,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
         self.ties = ties
         self.optimizer = optimizer
         self.export_dir = export_dir
+        self.satisfaction_weight = satisfaction_weight
         self.strict_loading = False  # checkpoints hold the head only
 
     def train(self, mode: bool = True) -> RewardModel:
@@ -117,6 +126,15 @@ class RewardModel(EmptyBatchGuard, LightningModule):
             return self.empty_batch_loss(self.head.parameters()) if stage == "train" else None
         scores = self(torch.cat([images_w, images_l]), captions * 2)
         loss, stats = bradley_terry_loss(scores[:n], scores[n:], self.beta)
+        if self.satisfaction_weight > 0 and "satisfaction" in batch:
+            label = batch["label_0"].to(self.device)
+            keep = label != 0.5 if self.ties == "drop" else torch.ones_like(label, dtype=torch.bool)
+            target = batch["satisfaction"].to(self.device)[keep]
+            recorded = ~torch.isnan(target)
+            if bool(recorded.any()):
+                mse = (torch.sigmoid(scores[:n][recorded]) - target[recorded]).pow(2).mean()
+                loss = loss + self.satisfaction_weight * mse
+                stats["satisfaction_mse"] = mse.detach()
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=stage != "train")
         self.log_dict({f"{stage}/{k}": v for k, v in stats.items()}, batch_size=n, sync_dist=stage != "train")
         return loss

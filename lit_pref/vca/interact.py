@@ -13,14 +13,21 @@ application/json`` is required, so another web site cannot post a plain form to 
 - ``GET /api/progress`` -> ``{"step", "steps"}``: the denoising step of the generation in progress (0 of 0 when
   idle); ``GET /api/info`` -> ``{"model", "vocabulary", "feedback"}``: what the model and the refiner understand
   (:func:`lit_pref.vca.info.model_info`).
-- ``POST /api/start`` ``{"prompt", "category"?}`` -> ``{"session_id", "round": 1, "prompt", "images"}``
-  (``images``: K PNG data URIs).
+- ``POST /api/start`` ``{"prompt", "category"?}`` -> ``{"session_id", "round": 1, "prompt", "images", "adapt"}``
+  (``images``: K PNG data URIs; ``adapt``: whether the tool adapts the model after each choice).
 - ``POST /api/choose`` ``{"session_id", "chosen", "feedback", "satisfaction"?}`` -> ``{"round", "next_prompt"}``:
-  records the round and refines the prompt.
+  records the round and refines the prompt; with ``--adapt`` first adapts the LoRA to the choice and adds
+  ``"adapted": {"updates", "total_updates", "seconds"}``.
 - ``POST /api/next`` ``{"session_id", "prompt"}`` -> ``{"session_id", "round", "prompt", "images"}``.
 - ``POST /api/finish`` ``{"session_id", "chosen"?, "feedback"?, "satisfaction"?}`` -> ``{"dialogue_id", "rounds",
   "path"}``: records a round not yet chosen from (with ``chosen`` when given, else with its images and no choice),
-  appends the dialogue and closes the session.
+  appends the dialogue and closes the session; with ``--adapt`` also saves the session's LoRA (diffusers format) to
+  ``<output stem>_images/<dialogue id>/lora`` and adds ``"lora"``.
+
+Co-adaptation (``--adapt``): after each choice, :class:`~lit_pref.vca.adapt.LiveAdapter` makes ``--adapt_updates``
+Diffusion-DPO steps of the LoRA on the round's pairs (chosen ≻ each unchosen image), so the next round is drawn from
+the adapted model; a new session starts from the LoRA the tool was started with. An adapting tool serves one person
+at a time (sessions share the model).
 
 Every request gets a JSON reply: errors answer ``{"error": message}`` with status 400 (bad request: a missing or
 negative ``Content-Length``, invalid JSON or UTF-8, JSON nested too deeply, a field of the wrong type, text that
@@ -59,6 +66,7 @@ from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import lora_config
 from lit_pref.io import atomic_file
 from lit_pref.vca.info import Progress, model_info
+from lit_pref.vca.adapt import LiveAdapter
 from lit_pref.vca.page import PAGE
 from lit_pref.vca.refiner import PromptRefiner
 
@@ -134,6 +142,7 @@ class Studio:
         category: Label saved with dialogues whose start request gives none.
         session_timeout: Seconds a session may stay idle; then it is saved (as by :meth:`finish` without a choice)
             and closed. Checked at every request.
+        adapter: Adapts the LoRA after each choice (``--adapt``); None: the model stays fixed.
     """
 
     def __init__(
@@ -148,6 +157,7 @@ class Studio:
         seed: int = 0,
         category: str | None = None,
         session_timeout: float = 3600.0,
+        adapter: LiveAdapter | None = None,
     ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
@@ -165,6 +175,8 @@ class Studio:
         self.category = category
         self.session_timeout = session_timeout
         self.journal_dir = self.output.parent / f"{self.output.stem}_sessions"
+        self.adapter = adapter
+        self.last_adaptation = None
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
         self.progress = Progress()  # read without the lock, while a generation holds it
@@ -249,6 +261,8 @@ class Studio:
             self.expire_idle()
             dialogue_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
             session = Session(dialogue_id, prompt.strip(), category if category is not None else self.category)
+            if self.adapter is not None:
+                self.adapter.reset()  # every person starts from the tool's LoRA
             images = self._generate(session, session.initial_prompt)
             self.sessions[session.dialogue_id] = session
             return session, images
@@ -272,7 +286,10 @@ class Studio:
             session = self._session(session_id)
             if session.pending is None:
                 raise RequestError("no images to choose from: generate the next round first")
+            images = session.pending[2]
             turn = self._record(session, chosen, feedback, satisfaction)
+            if self.adapter is not None and len(images) >= 2:
+                self.last_adaptation = self.adapter.adapt(images, chosen, turn.prompt)
             return turn, self.refiner.refine(turn.prompt, feedback, list(session.turns))
 
     def next_round(self, session_id: str, prompt: str) -> tuple[Session, Tensor]:
@@ -293,7 +310,15 @@ class Studio:
             session = self._session(session_id)
             if session.pending is not None:
                 self._record(session, chosen, feedback, satisfaction)
-            return self._save_and_close(session)
+            dialogue = self._save_and_close(session)
+            if self.adapter is not None:
+                self.backbone.save_lora(self.lora_path(dialogue.dialogue_id))
+            return dialogue
+
+
+    def lora_path(self, dialogue_id: str) -> Path:
+        """Where ``--adapt`` saves a finished session's LoRA: ``<output stem>_images/<dialogue id>/lora``."""
+        return self.image_root / dialogue_id / "lora"
 
 
 def to_pil(image: Tensor) -> Image.Image:
@@ -426,14 +451,19 @@ def _handler(studio: Studio) -> type[BaseHTTPRequestHandler]:
 
         def _start(self, payload: dict) -> dict:
             session, images = studio.start(_get(payload, "prompt", str), _get(payload, "category", str, required=False))
-            return _round_reply(session, images)
+            return {**_round_reply(session, images), "adapt": studio.adapter is not None}
 
         def _choose(self, payload: dict) -> dict:
             turn, next_prompt = studio.choose(
                 _get(payload, "session_id", str), _get(payload, "chosen", int), _get(payload, "feedback", str),
                 _get(payload, "satisfaction", (int, float), required=False),
             )
-            return {"round": turn.round, "next_prompt": next_prompt}
+            reply = {"round": turn.round, "next_prompt": next_prompt}
+            if studio.adapter is not None and studio.last_adaptation is not None:
+                stats = studio.last_adaptation
+                reply["adapted"] = {"updates": stats.updates, "total_updates": studio.adapter.total_updates,
+                                    "seconds": round(stats.seconds, 3)}
+            return reply
 
         def _next(self, payload: dict) -> dict:
             return _round_reply(*studio.next_round(_get(payload, "session_id", str), _get(payload, "prompt", str)))
@@ -444,7 +474,10 @@ def _handler(studio: Studio) -> type[BaseHTTPRequestHandler]:
                 _get(payload, "feedback", str, required=False, default=""),
                 _get(payload, "satisfaction", (int, float), required=False),
             )
-            return {"dialogue_id": dialogue.dialogue_id, "rounds": len(dialogue.turns), "path": str(studio.output)}
+            reply = {"dialogue_id": dialogue.dialogue_id, "rounds": len(dialogue.turns), "path": str(studio.output)}
+            if studio.adapter is not None:
+                reply["lora"] = str(studio.lora_path(dialogue.dialogue_id))
+            return reply
 
     return Handler
 
@@ -517,7 +550,12 @@ def run_terminal(studio: Studio, stdin: TextIO, stdout: TextIO) -> list[Dialogue
                     pass
                 satisfaction = None
                 stdout.write("  please type a number from 0 to 1, or press Enter\n")
+            if studio.adapter is not None:
+                stdout.write("adapting the model to your choice...\n")
             _, next_prompt = studio.choose(session.dialogue_id, chosen, feedback, satisfaction)
+            if studio.adapter is not None and studio.last_adaptation is not None:
+                stdout.write(f"adapted: {studio.last_adaptation.updates} updates in {studio.last_adaptation.seconds:.1f} s "
+                             f"({studio.adapter.total_updates} this session)\n")
             stdout.write(f"next prompt: {next_prompt}\n")
             answer = _ask("Enter to generate it, type another prompt, or 'finish'> ", stdin, stdout)
             if answer is None or answer == "finish":
@@ -556,6 +594,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--terminal", type=bool, default=False, help="Run in the terminal instead of a web page.")
     parser.add_argument("--session_timeout", type=float, default=3600.0,
                         help="Seconds a web session may stay idle before it is saved and closed (not in the terminal).")
+    parser.add_argument("--adapt", type=bool, default=False,
+                        help="Adapt the LoRA after each choice (Diffusion-DPO on the round's pairs); finishing saves it.")
+    parser.add_argument("--adapt_updates", type=int, default=4, help="Optimizer steps after each choice (--adapt).")
+    parser.add_argument("--adapt_lr", type=float, default=1e-3, help="Learning rate of the adaptation (--adapt).")
+    parser.add_argument("--adapt_beta", type=float, default=5000.0, help="Diffusion-DPO beta of the adaptation.")
     return parser
 
 
@@ -581,8 +624,10 @@ def studio_from_args(cfg: Namespace) -> Studio:
     if cfg.lora is not None:
         backbone.load_lora(cfg.lora)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return Studio(backbone.to(device), objects.refiner, cfg.output, cfg.num_images, cfg.num_inference_steps,
-                  cfg.guidance_scale, cfg.eta, cfg.seed, cfg.category, cfg.session_timeout)
+    backbone = backbone.to(device)
+    adapter = LiveAdapter(backbone, cfg.adapt_updates, cfg.adapt_lr, cfg.adapt_beta, seed=cfg.seed) if cfg.adapt else None
+    return Studio(backbone, objects.refiner, cfg.output, cfg.num_images, cfg.num_inference_steps, cfg.guidance_scale,
+                  cfg.eta, cfg.seed, cfg.category, session_timeout=cfg.session_timeout, adapter=adapter)
 
 
 def main(argv: list[str]) -> None:

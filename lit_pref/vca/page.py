@@ -93,7 +93,7 @@ PAGE = """<!doctype html>
 
 <script>
 "use strict";
-let session = null, chosen = null, images = [];
+let session = null, chosen = null, images = [], adapting = false;
 const $ = (id) => document.getElementById(id);
 
 function status(text, error) { $("status").textContent = text; $("status").className = error ? "error" : ""; }
@@ -190,17 +190,21 @@ function remember(round, prompt, src, feedback) {
 $("generate").onclick = async () => {
   const prompt = $("prompt").value.trim();
   if (!prompt) { status("Type a prompt first.", true); return; }
-  try { showRound(await generating(api("/api/start", { prompt }))); } catch (e) { status(e.message, true); }
+  try { const j = await generating(api("/api/start", { prompt })); adapting = j.adapt; showRound(j); }
+  catch (e) { status(e.message, true); }
 };
 
 $("send").onclick = async () => {
   if (chosen === null) { status("Click an image first.", true); return; }
   const feedback = $("feedback").value.trim();
+  status(adapting ? "Adapting the model to your choice..." : "Sending...");
   try {
     const j = await api("/api/choose", { session_id: session, chosen, feedback, satisfaction: satisfaction() });
     remember(j.round, $("used-prompt").textContent, images[chosen], feedback);
     $("round").hidden = true; $("next").hidden = false; $("next-prompt").value = j.next_prompt;
-    status("Check the next prompt, then generate the next round or finish.");
+    const adapted = j.adapted ? "Adapted the model to your choice: " + j.adapted.updates + " updates in " +
+      j.adapted.seconds + " s (" + j.adapted.total_updates + " this session). " : "";
+    status(adapted + "Check the next prompt, then generate the next round or finish.");
   } catch (e) { status(e.message, true); }
 };
 
@@ -221,7 +225,8 @@ async function finish(withRound) {
     session = null;
     $("round").hidden = true; $("next").hidden = true; $("start").hidden = false; $("history").hidden = true;
     $("rounds").replaceChildren(); $("prompt").value = "";
-    status("Saved dialogue " + j.dialogue_id + " (" + j.rounds + " rounds) to " + j.path + ". Start a new one?");
+    status("Saved dialogue " + j.dialogue_id + " (" + j.rounds + " rounds) to " + j.path +
+           (j.lora ? " and its adapted LoRA to " + j.lora : "") + ". Start a new one?");
   } catch (e) { status(e.message, true); }
 }
 $("finish-round").onclick = () => finish(true);

@@ -148,10 +148,15 @@ class CausalLMRefiner(PromptRefiner):
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
 
     def refine(self, prompt: str, feedback: str, history: Sequence[Turn] = ()) -> str:
+        reply = self.reply(self.messages(prompt, feedback, history))
+        return self.clean(reply) or self._fallback.refine(prompt, feedback, history)
+
+    def reply(self, messages: list[dict[str, str]]) -> str:
+        """The model's greedy reply to a chat (``[{"role", "content"}, ...]``), special tokens removed."""
         import torch
 
         inputs = self.tokenizer.apply_chat_template(
-            self.messages(prompt, feedback, history), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(self.model.device)
         ids = inputs["input_ids"]
         with torch.no_grad():
@@ -162,8 +167,7 @@ class CausalLMRefiner(PromptRefiner):
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
             )
-        reply = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        return self.clean(reply) or self._fallback.refine(prompt, feedback, history)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
     @staticmethod
     def clean(reply: str) -> str:

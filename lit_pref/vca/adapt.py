@@ -1,0 +1,127 @@
+"""Live co-adaptation for the interactive tool: after each choice, a few Diffusion-DPO updates of the LoRA on that
+round's pairs (the chosen image ≻ each unchosen one, captioned with the round's prompt), so the next round is drawn
+from the adapted model."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_pref.backbone import DiffusionBackbone
+from lit_pref.losses.dpo import diffusion_dpo_loss
+
+__all__ = ["AdaptStats", "LiveAdapter"]
+
+
+@dataclass
+class AdaptStats:
+    """What one adaptation did.
+
+    Attributes:
+        updates: Optimizer steps made (this round).
+        seconds: Wall time of the round's updates.
+        loss: Mean DPO loss over the updates.
+    """
+
+    updates: int
+    seconds: float
+    loss: float
+
+
+class LiveAdapter:
+    """Adapts a backbone's LoRA to one person, round by round (Diffusion-DPO, Wallace et al. 2023).
+
+    :meth:`adapt` takes a round's K images and the chosen index and makes ``updates`` AdamW steps, each on the K - 1
+    pairs (chosen ≻ unchosen) with a fresh timestep per pair and one noise shared by winner and loser; the reference is
+    the backbone with its adapters off. :meth:`reset` restores the LoRA weights the adapter started from (a new
+    person, a new session) and clears the optimizer.
+
+    Args:
+        backbone: The model whose LoRA adapts (in place).
+        updates: Optimizer steps after each choice.
+        lr: AdamW learning rate.
+        beta: Diffusion-DPO beta (5000 in the paper).
+        max_grad_norm: Gradient-norm clip of each step.
+        seed: Seed of the timesteps and noise.
+    """
+
+    def __init__(self, backbone: DiffusionBackbone, updates: int = 4, lr: float = 1e-3, beta: float = 5000.0,
+                 max_grad_norm: float = 1.0, seed: int = 0) -> None:
+        if updates < 1:
+            raise ValueError(f"updates must be at least 1, got {updates}")
+        self.backbone = backbone
+        self.updates = updates
+        self.lr = lr
+        self.beta = beta
+        self.max_grad_norm = max_grad_norm
+        self.parameters = list(backbone.lora_parameters())
+        self.initial = [p.detach().clone() for p in self.parameters]
+        self.generator = torch.Generator().manual_seed(seed)
+        self.total_updates = 0
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=lr)
+
+    def reset(self) -> None:
+        """Back to the starting LoRA weights, with a fresh optimizer and update count."""
+        with torch.no_grad():
+            for p, start in zip(self.parameters, self.initial):
+                p.copy_(start)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=self.lr)
+        self.total_updates = 0
+
+    def _errors(self, noisy: Tensor, noise: Tensor, latents: Tensor, timesteps: Tensor, cond: dict) -> Tensor:
+        pred = self.backbone.predict(noisy, timesteps, cond).float()
+        target = self.backbone.training_target(latents, noise, timesteps).float()
+        return F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+
+    def adapt(self, images: Tensor, chosen: int, prompt: str) -> AdaptStats:
+        """``updates`` DPO steps on the pairs of one round.
+
+        Args:
+            images: The round's images ``[K, 3, H, W]`` in ``[0, 1]`` (K >= 2).
+            chosen: Index of the chosen image.
+            prompt: The prompt the images were generated from.
+        """
+        k = images.shape[0]
+        if images.ndim != 4 or k < 2 or not 0 <= chosen < k:
+            raise ValueError(f"need [K, 3, H, W] images with K >= 2 and chosen in 0..K-1, got {tuple(images.shape)}, "
+                             f"{chosen}")
+        with torch.enable_grad():  # also when called under no_grad
+            return self._adapt(images, chosen, prompt)
+
+    def _adapt(self, images: Tensor, chosen: int, prompt: str) -> AdaptStats:
+        k = images.shape[0]
+        start = time.perf_counter()
+        backbone = self.backbone
+        was_training = backbone.training
+        backbone.train()
+        device = backbone.device
+        latents = backbone.encode_images(images.to(device) * 2 - 1, generator=None).detach()
+        losers = torch.tensor([j for j in range(k) if j != chosen], device=device)
+        lat_w, lat_l = latents[chosen].expand(len(losers), *latents.shape[1:]), latents[losers]
+        with torch.no_grad():
+            cond = backbone.encode_prompts([prompt] * (2 * len(losers)))
+        losses = []
+        num_train = backbone.noise_scheduler.config.num_train_timesteps
+        for _ in range(self.updates):
+            t = torch.randint(0, num_train, (len(losers),), generator=self.generator).to(device)
+            noise = torch.randn(lat_w.shape, generator=self.generator).to(device, lat_w.dtype)
+            both, t2, noise2 = torch.cat([lat_w, lat_l]), torch.cat([t, t]), torch.cat([noise, noise])
+            noisy = backbone.noise_scheduler.add_noise(both, noise2, t2)
+            model_err = self._errors(noisy, noise2, both, t2, cond)
+            with torch.no_grad(), backbone.reference():
+                ref_err = self._errors(noisy, noise2, both, t2, cond)
+            n = len(losers)
+            loss, _ = diffusion_dpo_loss(model_err[:n], model_err[n:], ref_err[:n], ref_err[n:], self.beta)
+            self.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        self.optimizer.zero_grad()
+        backbone.train(was_training)
+        self.total_updates += self.updates
+        return AdaptStats(self.updates, time.perf_counter() - start, sum(losses) / len(losses))
