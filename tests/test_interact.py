@@ -86,9 +86,10 @@ def test_web_session_is_saved_as_a_dialogue_the_datamodule_reads(server, tmp_pat
     t1, t2 = d.turns
     assert (t1.round, t1.prompt, t1.chosen, t1.user_feedback, t1.satisfaction) == (1, RED, 1, "make it green", 0.5)
     assert (t2.round, t2.prompt, t2.chosen, t2.user_feedback, t2.satisfaction) == (2, GREEN, 2, "perfect", None)
-    assert t1.images == [f"d_images/{sid}/r1_{k}.png" for k in range(3)]
+    # the file stores paths relative to its folder; the data module resolves them against it
+    assert t1.images == [str(path.parent / f"d_images/{sid}/r1_{k}.png") for k in range(3)]
     for k in range(3):  # the saved PNG files are the images the page showed
-        assert np.array_equal(np.array(Image.open(path.parent / t2.images[k])), _decode(r2["images"][k]))
+        assert np.array_equal(np.array(Image.open(t2.images[k])), _decode(r2["images"][k]))
     status, gone = _request(srv, "/api/next", {"session_id": sid, "prompt": GREEN})
     assert status == 400 and "unknown session" in gone["error"]
 
