@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,8 @@ def test_short_class_names_work_for_help(capsys):
     assert stop.value.code == 0 and "--model.backbone" in capsys.readouterr().out
 
 
-def test_a_misspelt_key_prints_the_error_first_in_a_few_lines(capsys):
+def test_a_misspelt_key_prints_the_error_first_in_a_few_lines(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lit_pref"])  # as on a command line: no warning about pytest's own arguments
     with pytest.raises(SystemExit) as stop:
         cli("fit", "--config", "configs/demo.yaml", "--trainer.max_stpes", "3")
     err = capsys.readouterr().err.strip().splitlines()
@@ -94,8 +96,9 @@ def test_a_missing_data_path_stops_before_any_model_is_built_and_leaves_no_run_f
     monkeypatch.setattr(DiffusionBackbone, "__init__", refuse)
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit, match=r"data.init_args.train_path: no such file or folder: .*nowhere.parquet"):
-        cli("fit", "--config", "configs/trajectory_dpo/sd15.yaml", "--data.init_args.train_path",
-            str(tmp_path / "nowhere.parquet"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"))
+        cli("fit", "--config", "configs/toy/trajectory_dpo.yaml", "--data", "PreferencePairDataModule",
+            "--data.train_path", str(tmp_path / "nowhere.parquet"), "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
 
 
