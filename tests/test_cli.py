@@ -19,9 +19,10 @@ from lit_pref.losses import PairLoss
 
 # Training configs. Parsed elsewhere: configs/strategy/*.yaml compose with a method config
 # (tests/test_distributed.py); the synthesize-pairs configs (configs/**/synthesize*.yaml) in tests/test_rpo.py;
-# configs/interact/ (`python -m lit_pref interact`) in tests/test_interact.py.
+# configs/interact/ (`python -m lit_pref interact`) in tests/test_interact.py; configs/evaluate/
+# (`python -m lit_pref evaluate`) in tests/test_evaluate.py.
 CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml")
-                 if not {"strategy", "interact"} & set(p.parts) and not p.name.startswith("synthesize"))
+                 if not {"strategy", "interact", "evaluate"} & set(p.parts) and not p.name.startswith("synthesize"))
 
 
 class GapLoss(PairLoss):

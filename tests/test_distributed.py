@@ -32,9 +32,9 @@ from safetensors.torch import load_file
 from conftest import REPO
 from dist_worker import GLOBAL_BATCH, NUM_PAIRS, STEPS, fit, fit_args
 
-# Training configs only: not the strategies themselves, nor the `interact` and `synthesize-pairs` configs.
+# Training configs only: not the strategies themselves, nor the `interact`, `evaluate` and `synthesize-pairs` configs.
 METHOD_CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml")
-                        if not {"strategy", "interact"} & set(p.parts) and not p.name.startswith("synthesize"))
+                        if not {"strategy", "interact", "evaluate"} & set(p.parts) and not p.name.startswith("synthesize"))
 STRATEGIES = ["ddp", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"]
 LORA_ATOL = 1e-4  # largest difference of a LoRA weight
 LOSS_RTOL = 5e-4  # relative difference of a step's loss
