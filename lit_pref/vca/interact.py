@@ -53,7 +53,7 @@ from datamodules.dialogues import Dialogue, Turn, append_dialogue
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import lora_config
 from lit_pref.io import atomic_file
-from lit_pref.vca.adapt import LiveAdapter
+from lit_pref.vca.adapt import AdaptStats, LiveAdapter
 from lit_pref.vca.page import PAGE
 from lit_pref.vca.refiner import PromptRefiner
 
@@ -134,7 +134,7 @@ class Studio:
         self.next_seed = seed
         self.category = category
         self.adapter = adapter
-        self.last_adaptation = None
+        self.last_adaptation: AdaptStats | None = None  # the latest choice's adaptation
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
 
