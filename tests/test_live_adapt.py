@@ -14,8 +14,7 @@ from lit_pref.backbone.backbone import TOY_PIPELINE
 from lit_pref.vca.adapt import LiveAdapter
 from lit_pref.vca.interact import parse_args, studio_from_args
 from lit_pref.vca.page import PAGE
-from test_interact import FAST, RED, _request  # noqa: F401 (the server fixture's helpers)
-from test_interact import server  # noqa: F401 (a fixture)
+from test_interact import FAST, RED, _request
 
 
 def _errors(backbone, latents, noise, t, cond):

@@ -65,8 +65,8 @@ from datamodules.dialogues import Dialogue, Turn, append_dialogue
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import lora_config
 from lit_pref.io import atomic_file
+from lit_pref.vca.adapt import AdaptStats, LiveAdapter
 from lit_pref.vca.info import Progress, model_info
-from lit_pref.vca.adapt import LiveAdapter
 from lit_pref.vca.page import PAGE
 from lit_pref.vca.refiner import PromptRefiner
 
@@ -176,7 +176,7 @@ class Studio:
         self.session_timeout = session_timeout
         self.journal_dir = self.output.parent / f"{self.output.stem}_sessions"
         self.adapter = adapter
-        self.last_adaptation = None
+        self.last_adaptation: AdaptStats | None = None  # the latest choice's adaptation
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
         self.progress = Progress()  # read without the lock, while a generation holds it
