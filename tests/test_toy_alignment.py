@@ -46,6 +46,34 @@ def test_toy_pairs_are_labelled_by_the_hidden_reward_and_cached(tmp_path):
     assert os.stat(tmp_path / "pairs" / "train.parquet").st_mtime_ns != mtime  # rebuilt for new parameters
 
 
+def test_best_and_worst_of_n_candidates_make_each_pair():
+    """With 4 candidates per pair, each pair holds the highest- and the lowest-rewarded of its 4 samples (each
+    sample redrawn here from its own noise seed, seed * 1000003 + its index), in sampling order; with 2, the two
+    samples as they were drawn."""
+    from datamodules.toy_pairs import sample_labelled_pairs
+    from lit_pref.rewards import BradleyTerryLabeller
+
+    backbone = DiffusionBackbone(model="toy").eval()
+    reward = ToyGroundTruthReward()
+    prompt_list = toy_prompts("train")[:2]
+    for n in (4, 2):
+        table = sample_labelled_pairs(backbone, prompt_list, 3, BradleyTerryLabeller(reward, 0.0), 3, 4.0, seed=5,
+                                      batch_size=5, candidates_per_pair=n).to_pylist()
+        for i, row in enumerate(table):
+            generators = [torch.Generator().manual_seed(5 * 1_000_003 + i * n + j) for j in range(n)]
+            images = backbone.sample([row["caption"]] * n, num_inference_steps=3, guidance_scale=4.0,
+                                     generator=generators)
+            rewards = reward.score(images, [row["caption"]] * n).tolist()
+            first, second = (rewards.index(max(rewards)), rewards.index(min(rewards))) if n > 2 else (0, 1)
+            if max(rewards) > min(rewards):
+                assert sorted([row["reward_0"], row["reward_1"]]) == pytest.approx(sorted([max(rewards), min(rewards)]))
+            assert [row["reward_0"], row["reward_1"]] == pytest.approx([rewards[min(first, second)],
+                                                                       rewards[max(first, second)]])
+            assert row["label_0"] == (0.5 if row["reward_0"] == row["reward_1"] else float(row["reward_0"] > row["reward_1"]))
+    with pytest.raises(ValueError, match="candidates_per_pair"):
+        ToyPreferenceDataModule(candidates_per_pair=1)
+
+
 # bench/alignment.py's sampler settings, with 32 seeds a prompt (384 pairs): the gain is small, the interval must be
 # tight enough to show it
 EVAL = dict(num_images_per_prompt=32, num_inference_steps=10, guidance_scale=4.0, seed=10_000)
