@@ -1,7 +1,7 @@
 """Leaderboard on the toy world: every method's toy recipe, trained from the base at an equal budget over
 training seeds, judged by the hidden human on the held-out prompts.
 
-    python bench/leaderboard.py                                       # the shipped toy recipes, seeds 0 1 2
+    python bench/leaderboard.py                                       # every method's toy recipe, seeds 0 1 2
     python bench/leaderboard.py configs/toy/ddpo.yaml configs/toy/vca_ppo.yaml --seeds 0 1 2
     python bench/leaderboard.py configs/toy/dense_discounted_dpo.yaml --set model.init_args.gamma=1.0 --label gamma1
 
@@ -28,10 +28,12 @@ import torch
 from alignment import evaluate
 from lit_pref.rewards import ToyGroundTruthReward, win_rate
 
-RECIPES = [
-    "configs/toy/trajectory_dpo_online.yaml",
-    "configs/toy/dense_discounted_dpo_online.yaml",
-    "configs/toy/rich_preference_dpo_online.yaml",
+RECIPES = [  # every method's toy recipe; DDPO's and VCA-PPO's come with their modules (skipped where absent)
+    "configs/toy/trajectory_dpo_best_of_8.yaml",
+    "configs/toy/dense_discounted_dpo_best_of_8.yaml",
+    "configs/toy/rich_preference_dpo_early_steps.yaml",
+    "configs/toy/ddpo.yaml",
+    "configs/toy/vca_ppo.yaml",
 ]
 
 
@@ -106,6 +108,9 @@ def main() -> None:
     overrides = [f"--{kv}" for kv in args.set]
     if not args.table_only:
         for config in args.configs:
+            if not Path(config).is_file():
+                print(f"skipped {config}: no such file", flush=True)
+                continue
             label = args.label or " ".join([Path(config).stem, *args.set])
             for seed in args.seeds:
                 if any(r["label"] == label and r["seed"] == seed for r in records):
