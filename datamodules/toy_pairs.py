@@ -50,15 +50,20 @@ def sample_labelled_pairs(
     guidance_scale: float,
     seed: int,
     batch_size: int = 64,
+    candidates_per_pair: int = 2,
     desc: str | None = None,
 ) -> pa.Table:
-    """Sample two images per pair (prompts cycled in a seeded order, every image its own noise seed) and label
-    them; the table has the Pick-a-Pic columns plus the hidden rewards ``reward_0`` and ``reward_1``. With
-    ``desc``, a progress bar so named counts the sampled images."""
+    """Sample ``candidates_per_pair`` images per pair (prompts cycled in a seeded order, every image its own noise
+    seed), keep the one the hidden reward ranks highest and the one it ranks lowest (in the order they were
+    sampled; with 2 candidates, both), and label them; the table has the Pick-a-Pic columns plus the hidden rewards
+    ``reward_0`` and ``reward_1``. With ``desc``, a progress bar so named counts the sampled images."""
+    if candidates_per_pair < 2:
+        raise ValueError(f"candidates_per_pair must be at least 2, got {candidates_per_pair}")
+    n = candidates_per_pair
     rng = np.random.default_rng(seed)
     order = rng.permutation(num_pairs) % len(prompt_list)
     pair_prompts = [prompt_list[i] for i in order]
-    texts = [p for p in pair_prompts for _ in range(2)]  # pair i: images 2i and 2i+1
+    texts = [p for p in pair_prompts for _ in range(n)]  # pair i: images n*i .. n*i + n - 1
     images = []
     bar = tqdm(total=len(texts), desc=desc, unit="img", disable=desc is None)
     for start in range(0, len(texts), batch_size):
@@ -69,9 +74,11 @@ def sample_labelled_pairs(
         bar.update(len(chunk))
     bar.close()
     images = torch.cat(images)
-    images_0, images_1 = images[0::2], images[1::2]
-    rewards_0 = labeller.reward.score(images_0, pair_prompts)
-    rewards_1 = labeller.reward.score(images_1, pair_prompts)
+    rewards = labeller.reward.score(images, texts).view(num_pairs, n).cpu()
+    ranked = rewards.argsort(dim=1, stable=True)  # lowest first; ties keep the sampling order
+    chosen = torch.stack([ranked[:, 0], ranked[:, -1]], dim=1).sort(dim=1).values + torch.arange(num_pairs)[:, None] * n
+    images_0, images_1 = images[chosen[:, 0]], images[chosen[:, 1]]
+    rewards_0, rewards_1 = rewards.flatten()[chosen[:, 0]], rewards.flatten()[chosen[:, 1]]
     labels = labeller.label_from_rewards(rewards_0, rewards_1)
     columns = {
         "caption": pair_prompts,
@@ -101,6 +108,8 @@ class ToyPreferenceDataModule(GeneratedPairsDataModule):
         guidance_scale: Classifier-free guidance of the base model's samples.
         temperature: Bradley-Terry temperature of the hidden human (0 = always the higher reward).
         tie_margin: Reward differences at most this large are labelled ties (0.5).
+        candidates_per_pair: Samples drawn per training pair; the pair is the best and the worst of them under
+            the hidden reward (2: two plain samples). Validation pairs are always two plain samples.
         seed: Seed of the sampling noise, the labeller and the per-item flips.
         batch_size: Training batch size.
         val_batch_size: Validation batch size; None uses ``batch_size``.
@@ -119,6 +128,7 @@ class ToyPreferenceDataModule(GeneratedPairsDataModule):
         guidance_scale: float = 4.0,
         temperature: float = 0.1,
         tie_margin: float = 0.0,
+        candidates_per_pair: int = 2,
         seed: int = 0,
         batch_size: int = 8,
         val_batch_size: int | None = None,
@@ -133,6 +143,9 @@ class ToyPreferenceDataModule(GeneratedPairsDataModule):
         self.guidance_scale = guidance_scale
         self.temperature = temperature
         self.tie_margin = tie_margin
+        if candidates_per_pair < 2:
+            raise ValueError(f"candidates_per_pair must be at least 2, got {candidates_per_pair}")
+        self.candidates_per_pair = candidates_per_pair
 
     def generation_params(self) -> dict:
         return {
@@ -144,6 +157,7 @@ class ToyPreferenceDataModule(GeneratedPairsDataModule):
             "guidance_scale": self.guidance_scale,
             "temperature": self.temperature,
             "tie_margin": self.tie_margin,
+            **({"candidates_per_pair": self.candidates_per_pair} if self.candidates_per_pair != 2 else {}),
             "seed": self.seed,
         }
 
@@ -156,5 +170,6 @@ class ToyPreferenceDataModule(GeneratedPairsDataModule):
         labeller = BradleyTerryLabeller(ToyGroundTruthReward(), self.temperature, self.tie_margin, seed)
         prompt_list = prompts("train" if split == "train" else "heldout")
         table = sample_labelled_pairs(backbone, prompt_list, num_pairs, labeller, self.num_inference_steps,
-                                      self.guidance_scale, seed, desc=f"toy {split} pairs")
+                                      self.guidance_scale, seed, desc=f"toy {split} pairs",
+                                      candidates_per_pair=self.candidates_per_pair if split == "train" else 2)
         write_pairs_parquet(table, path)

@@ -1,25 +1,23 @@
-"""Toy preference pairs from the base model and the hidden human, and alignment that the hidden human sees,
-measured independently and by the evaluation callbacks."""
+"""Toy preference pairs from the base model and the hidden human, and a short training run whose alignment the hidden
+human sees (the long check is bench/toy_alignment_check.py; the recipes' win rates are bench/leaderboard.py's)."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks import WinRate
-from conftest import REPO, read_events
 from datamodules import ToyPreferenceDataModule, toy_prompts
+from datamodules.synthetic import draw_shape, random_placement
+from datamodules.toy import parse_caption
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss
 from lit_pref.modules import TrajectoryDPO
-from lit_pref.rewards import CLIPScore, ToyGroundTruthReward, win_rate
-
-TOY_CLIP = f"local-dir:{REPO / 'lit_pref/assets/toy/clip'}"
+from lit_pref.rewards import ToyGroundTruthReward, win_rate
 
 
 def test_toy_pairs_are_labelled_by_the_hidden_reward_and_cached(tmp_path):
@@ -46,97 +44,79 @@ def test_toy_pairs_are_labelled_by_the_hidden_reward_and_cached(tmp_path):
     assert os.stat(tmp_path / "pairs" / "train.parquet").st_mtime_ns != mtime  # rebuilt for new parameters
 
 
-# bench/alignment.py's sampler settings, with 32 seeds a prompt (384 pairs): the gain is small, the interval must be
-# tight enough to show it
-EVAL = dict(num_images_per_prompt=32, num_inference_steps=10, guidance_scale=4.0, seed=10_000)
+def test_best_and_worst_of_n_candidates_make_each_pair():
+    """With 4 candidates per pair, each pair holds the highest- and the lowest-rewarded of its 4 samples (each
+    sample redrawn here from its own noise seed, seed * 1000003 + its index), in sampling order; with 2, the two
+    samples as they were drawn."""
+    from datamodules.toy_pairs import sample_labelled_pairs
+    from lit_pref.rewards import BradleyTerryLabeller
+
+    backbone = DiffusionBackbone(model="toy").eval()
+    reward = ToyGroundTruthReward()
+    prompt_list = toy_prompts("train")[:2]
+    for n in (4, 2):
+        table = sample_labelled_pairs(backbone, prompt_list, 3, BradleyTerryLabeller(reward, 0.0), 3, 4.0, seed=5,
+                                      batch_size=5, candidates_per_pair=n).to_pylist()
+        for i, row in enumerate(table):
+            generators = [torch.Generator().manual_seed(5 * 1_000_003 + i * n + j) for j in range(n)]
+            images = backbone.sample([row["caption"]] * n, num_inference_steps=3, guidance_scale=4.0,
+                                     generator=generators)
+            rewards = reward.score(images, [row["caption"]] * n).tolist()
+            first, second = (rewards.index(max(rewards)), rewards.index(min(rewards))) if n > 2 else (0, 1)
+            if max(rewards) > min(rewards):
+                assert sorted([row["reward_0"], row["reward_1"]]) == pytest.approx(sorted([max(rewards), min(rewards)]))
+            assert [row["reward_0"], row["reward_1"]] == pytest.approx([rewards[min(first, second)],
+                                                                       rewards[max(first, second)]])
+            assert row["label_0"] == (0.5 if row["reward_0"] == row["reward_1"] else float(row["reward_0"] > row["reward_1"]))
+    with pytest.raises(ValueError, match="candidates_per_pair"):
+        ToyPreferenceDataModule(candidates_per_pair=1)
 
 
-@pytest.fixture(scope="module")
-def aligned(tmp_path_factory):
-    """The demo's recipe (TrajectoryDPO, beta 5000, LoRA rank 8, AdamW 1e-3, 200 steps of 8 pairs), once for this
-    module, on 1024 pairs labelled without noise (temperature 0) instead of the demo's 256 noisy ones. The gain is
-    small either way (centredness is decided in the first, noisiest denoising steps); measured over training seeds,
-    this data gave win rates of 0.55-0.58 in every run, the demo's data 0.50-0.55. A WinRate callback (hidden
-    reward and toy CLIP) evaluates the final LoRA at step 200 into a real TensorBoard file, with the same held-out
-    prompts, seeds and sampler settings as :func:`heldout_samples`' independent evaluation."""
-    tmp_path = tmp_path_factory.mktemp("aligned")
-    scorers = {"hidden": ToyGroundTruthReward(), "toy_clip": CLIPScore(TOY_CLIP, pretrained=None)}
-    callback = WinRate(scorers, toy_prompts("heldout"), every_n_steps=200, **EVAL)
-    torch.manual_seed(0)  # after building the CLIP (its initialisation draws random numbers): the tested training
-    data = ToyPreferenceDataModule(data_dir=str(tmp_path / "pairs"), num_pairs=1024, num_val_pairs=0,
-                                   temperature=0.0, batch_size=8)
+def centred_pairs(num_pairs: int, seed: int = 0) -> list[dict]:
+    """Rendered pairs of training captions: the winner is the scene with its shape at the image centre, the loser
+    the same shape, colour, size and background somewhere else (uniform, as in pre-training)."""
+    rng = np.random.default_rng(seed)
+    train = toy_prompts("train")
+    pairs = []
+    for _ in range(num_pairs):
+        text = train[int(rng.integers(len(train)))]
+        wanted = parse_caption(text)
+        side, centre = random_placement(rng, 32, wanted.size)
+        images = [draw_shape(wanted.shape, wanted.colour, side, c, wanted.background, 32) for c in ((16.0, 16.0), centre)]
+        pairs.append({"images_0": torch.from_numpy(images[0]).permute(2, 0, 1).float() / 127.5 - 1,
+                      "images_1": torch.from_numpy(images[1]).permute(2, 0, 1).float() / 127.5 - 1,
+                      "label_0": torch.tensor(1.0), "captions": text})
+    return pairs
+
+
+def test_short_dpo_run_on_the_noisiest_timesteps_centres_held_out_shapes():
+    """The signal of the toy recipes in about half a minute: TrajectoryDPO (beta 5000, LoRA rank 8, lr 3e-3) trained
+    for 100 steps on rendered pairs (centred winner, off-centre loser) with t from the noisiest 40% of the timesteps. On the
+    held-out prompts (never in the pairs) x 4 seeds, the same initial noise for policy and base, the hidden human
+    prefers the policy beyond chance (without training it would win exactly half) and its shapes are more centred."""
+    torch.manual_seed(0)
     model = TrajectoryDPO(DiffusionBackbone(model="toy", lora_rank=8), loss=DiffusionDPOLoss(beta=5000.0),
-                          optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0))
-    Trainer(max_steps=200, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="", version=""),
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-            callbacks=[callback], default_root_dir=tmp_path).fit(model, data)
-    return model, tmp_path
+                          optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0),
+                          timestep_range=(0.6, 1.0))
+    loader = torch.utils.data.DataLoader(centred_pairs(64), batch_size=8, shuffle=True,
+                                         collate_fn=torch.utils.data.default_collate)
+    Trainer(max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False).fit(model, loader)
 
-
-@pytest.fixture(scope="module")
-def heldout_samples(aligned):
-    """Independent of the callbacks: policy and base samples of every held-out prompt x 16 seeds, as
-    bench/alignment.py draws them (at 10 DDIM steps); returns (texts, policy images, base images)."""
-    backbone = aligned[0].backbone.eval()
-    texts = [p for p in toy_prompts("heldout") for _ in range(EVAL["num_images_per_prompt"])]
+    backbone = model.backbone.eval()
+    texts = [p for p in toy_prompts("heldout") for _ in range(4)]
 
     def sample():
-        generators = [torch.Generator().manual_seed(EVAL["seed"] + i) for i in range(len(texts))]
-        return backbone.sample(texts, num_inference_steps=EVAL["num_inference_steps"],
-                               guidance_scale=EVAL["guidance_scale"], generator=generators)
+        generators = [torch.Generator().manual_seed(10_000 + i) for i in range(len(texts))]
+        return backbone.sample(texts, num_inference_steps=10, guidance_scale=4.0, generator=generators)
 
     policy_images = sample()
     with backbone.reference():
         base_images = sample()
-    return texts, policy_images, base_images
-
-
-def test_short_trajectory_dpo_run_beats_the_base_under_the_hidden_reward(heldout_samples):
-    """The recipe of :func:`aligned`, judged as bench/alignment.py does (at 10 DDIM steps): the win-rate interval
-    must lie above 50%, so chance cannot pass it (the held-out prompts were never in the pairs; same prompts and initial
-    noise for policy and base)."""
-    texts, policy_images, base_images = heldout_samples
     reward = ToyGroundTruthReward()
-    policy, base = reward.score(policy_images, texts), reward.score(base_images, texts)
-    result = win_rate(policy, base, groups=texts)
+    result = win_rate(reward.score(policy_images, texts), reward.score(base_images, texts), groups=texts)
+    centred = [reward.components(x, texts)["centredness"].mean().item() for x in (policy_images, base_images)]
+    print(f"win rate {result}, centredness policy {centred[0]:.3f}, base {centred[1]:.3f}")
+    # measured (1 thread, 52 s CPU with the model load): 65.6% (56.3-75.0%), centredness 0.701 against 0.679
     assert result.low > 0.5, result
-    # Not asserted: the mean reward. Most samples gain a little centredness while a few lose
-    # colour or shape fidelity, which costs a whole point each; the paired win rate is the robust measure.
-    print(f"hidden win rate {result.rate:.3f} [{result.low:.3f}, {result.high:.3f}]")
-
-
-def test_the_callbacks_show_the_aligned_lora_ahead_of_the_base_and_the_toy_clip_plugs_in(aligned, heldout_samples):
-    """What the WinRate callback logged during training, read back from the run's TensorBoard file: the hidden
-    human's win rate equals the independent evaluation and its interval lies above 50%; the toy CLIP, plugged
-    into CLIPScore, scored the same samples as a CLIPScore built here scores them; the grid of evaluated pairs
-    was logged."""
-    _, log_dir = aligned
-    texts, policy_images, base_images = heldout_samples
-    events = read_events(log_dir)
-
-    def logged(tag):
-        (event,) = events.Scalars(f"eval/win_rate_vs_base/{tag}")  # one evaluation, after step 200
-        assert event.step == 199  # after 200 optimizer steps, as Lightning numbers them
-        return event.value
-
-    hidden = win_rate(ToyGroundTruthReward().score(policy_images, texts),
-                      ToyGroundTruthReward().score(base_images, texts), groups=texts)
-    assert abs(logged("hidden") - hidden.rate) < 1e-6
-    assert logged("hidden_low") > 0.5, (logged("hidden_low"), logged("hidden"), logged("hidden_high"))
-
-    clip = CLIPScore(TOY_CLIP, pretrained=None)
-    policy_clip, base_clip = clip.score(policy_images, texts), clip.score(base_images, texts)
-    expected = win_rate(policy_clip, base_clip, groups=texts)
-    assert abs(logged("toy_clip") - expected.rate) < 1e-6
-    assert abs(logged("toy_clip_low") - expected.low) < 1e-6 and abs(logged("toy_clip_high") - expected.high) < 1e-6
-    # The toy CLIP is a working judge of these samples: every image matches its own prompt better than a prompt
-    # of another held-out combination on average (it retrieves the toy captions, bench/toy_quality.py). Whether it
-    # prefers the aligned LoRA is not asserted: its score ignores the hidden human's taste for centred shapes.
-    shuffled = texts[len(texts) // 2:] + texts[:len(texts) // 2]  # another colour-shape combination for each
-    assert policy_clip.mean() > clip.score(policy_images, shuffled).mean() + 20
-    print(f"toy CLIP: policy {policy_clip.mean():.2f}, base {base_clip.mean():.2f}, win rate {expected.rate:.3f} "
-          f"[{expected.low:.3f}, {expected.high:.3f}]; hidden win rate {hidden.rate:.3f} [{hidden.low:.3f}, "
-          f"{hidden.high:.3f}]")
-
-    (grid,) = events.Images("eval/win_rate_vs_base/samples")
-    assert grid.step == 200 and grid.width > 4 * 128 and grid.height > 2 * 128  # 8 pairs, two to a row
+    assert centred[0] > centred[1] + 0.01

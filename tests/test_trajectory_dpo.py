@@ -64,6 +64,24 @@ def test_winner_and_loser_share_timestep_and_noise():
     assert not torch.equal(e_w, r_w)
 
 
+def test_timestep_range_draws_only_the_noisiest_training_timesteps():
+    """T = 1000 training timesteps: (0.6, 1.0) draws from 600..999 only, (0.5, 0.501) exactly 500; the full range
+    draws what torch.randint(0, 1000) draws from the same generator (the paper's draws are unchanged)."""
+    assert module().backbone.noise_scheduler.config.num_train_timesteps == 1000
+    steps = module(timestep_range=(0.6, 1.0)).sample_timesteps(4000, torch.Generator().manual_seed(0))
+    assert int(steps.min()) == 600 and int(steps.max()) == 999
+    assert module(timestep_range=(0.5, 0.501)).sample_timesteps(5).tolist() == [500] * 5
+    expected = torch.randint(0, 1000, (7,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(module().sample_timesteps(7, torch.Generator().manual_seed(3)), expected)
+    for bad in [(0.5, 0.5), (-0.1, 1.0), (0.2, 1.1)]:
+        with pytest.raises(ValueError, match="timestep_range"):
+            module(timestep_range=bad)
+    with pytest.raises(ValueError, match="timestep_range"):
+        module(timestep_range=(0.5, 1.0), timestep_grid="inference")
+    with pytest.raises(ValueError, match="holds no timestep"):
+        module(timestep_range=(0.5, 0.5004)).sample_timesteps(1)
+
+
 def test_ties_policy_and_winner_ordering():
     batch = make_batch(3, labels=[1.0, 0.5, 0.0])
     pairs, dropped = module(ties="drop").winners_and_losers(batch)

@@ -71,8 +71,8 @@ class DenseDiscountedDPO(TrajectoryDPO):
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         super().__init__(backbone, loss, optimizer, scheduler, ties, proportion_empty_prompts, val_seed,
-                         num_inference_steps, guidance_scale, mode, "inference", scorer, trajectory,
-                         max_nonfinite_steps, seed)
+                         num_inference_steps, guidance_scale, mode, "inference", scorer=scorer, trajectory=trajectory,
+                         max_nonfinite_steps=max_nonfinite_steps, seed=seed)
         self.gamma = gamma
 
     def step_weights(self, num_steps: int) -> Tensor:

@@ -54,6 +54,7 @@ class RichPreferenceDPO(TrajectoryDPO):
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
         timestep_grid: Literal["train", "inference"] = "train",
+        timestep_range: tuple[float, float] = (0.0, 1.0),
         max_nonfinite_steps: int = 10,
         seed: int | None = None,
         resynthesize_every: int = 0,
@@ -76,6 +77,8 @@ class RichPreferenceDPO(TrajectoryDPO):
             num_inference_steps: DDIM steps when the module generates images (``predict``).
             guidance_scale: Classifier-free guidance when the module generates images.
             timestep_grid: ``"train"`` (t uniform over the training timesteps, the paper) or ``"inference"``.
+            timestep_range: ``"train"`` grid: the fraction of the training timesteps t is drawn from (see
+                :class:`TrajectoryDPO`); ``(0, 1)``: all of them.
             max_nonfinite_steps: Optimizer steps with a NaN/inf loss that are skipped before training stops with an
                 error (as in :class:`TrajectoryDPO`).
             seed: Seed of the per-pair draws (timesteps, noise, empty prompts); ``None``: the run's
@@ -94,7 +97,7 @@ class RichPreferenceDPO(TrajectoryDPO):
         super().__init__(backbone, loss=loss, optimizer=optimizer, scheduler=scheduler, ties=ties,
                          proportion_empty_prompts=proportion_empty_prompts, val_seed=val_seed,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, mode="offline",
-                         timestep_grid=timestep_grid, max_nonfinite_steps=max_nonfinite_steps, seed=seed)
+                         timestep_grid=timestep_grid, timestep_range=timestep_range, max_nonfinite_steps=max_nonfinite_steps, seed=seed)
         if resynthesize_every < 0:
             raise ValueError(f"resynthesize_every must be >= 0, got {resynthesize_every}")
         if resynthesize_every > 0:

@@ -95,7 +95,8 @@ class TrajectoryDPO(LoRAModule):
     ``images_0``, ``images_1`` in [-1, 1], ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie),
     ``captions``, and for SDXL ``original_sizes`` and ``crop_top_left``. The timestep is uniform over the
     training timesteps (``timestep_grid="train"``) or drawn with :meth:`step_weights` over the
-    ``num_inference_steps`` timesteps of the DDIM schedule (``"inference"``).
+    ``num_inference_steps`` timesteps of the DDIM schedule (``"inference"``); ``timestep_range`` narrows the
+    former to the noisiest timesteps.
 
     Trajectory mode (``mode="trajectory"``): batches are prompt batches of ``datamodules.PromptDataModule``.
     Every ``trajectory.collect_every`` updates the batch's prompts (or ``prompts_per_collection`` prompts of the
@@ -120,6 +121,7 @@ class TrajectoryDPO(LoRAModule):
         guidance_scale: float = 7.5,
         mode: Literal["offline", "trajectory"] = "offline",
         timestep_grid: Literal["train", "inference"] = "train",
+        timestep_range: tuple[float, float] = (0.0, 1.0),
         scorer: Scorer | None = None,
         trajectory: TrajectorySettings = TrajectorySettings(),
         max_nonfinite_steps: int = 10,
@@ -143,6 +145,9 @@ class TrajectoryDPO(LoRAModule):
             mode: ``"offline"`` (preference pairs of images) or ``"trajectory"`` (sampled chains, see above).
             timestep_grid: Offline mode: ``"train"`` draws t uniformly from 0 .. T_train - 1 (the paper);
                 ``"inference"`` draws step k of the N-step DDIM schedule with :meth:`step_weights`.
+            timestep_range: Offline mode, ``"train"`` grid: draw t uniformly from ``round(low * T)`` to
+                ``round(high * T) - 1`` only (T training timesteps); ``(0.6, 1.0)`` trains on the noisiest 40%,
+                where a toy image's layout is decided. ``(0, 1)``: all of them (the paper).
             scorer: Trajectory mode: the preference source, any ``lit_pref.rewards.Scorer`` (a reward model,
                 or the toy world's hidden reward). Held as a plain attribute, never a registered submodule.
             trajectory: Trajectory-mode settings.
@@ -170,7 +175,13 @@ class TrajectoryDPO(LoRAModule):
         self.proportion_empty_prompts = proportion_empty_prompts
         self.val_seed = val_seed
         self.mode = mode
+        low, high = timestep_range
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"timestep_range must satisfy 0 <= low < high <= 1, got {tuple(timestep_range)}")
+        if timestep_grid != "train" and tuple(timestep_range) != (0.0, 1.0):
+            raise ValueError("timestep_range applies to timestep_grid='train' only")
         self.timestep_grid = timestep_grid
+        self.timestep_range = (float(low), float(high))
         self.scorer = scorer
         self.trajectory = trajectory
         self.buffer = ReplayBuffer(trajectory.buffer_capacity)
@@ -196,7 +207,10 @@ class TrajectoryDPO(LoRAModule):
         device = generator.device if generator is not None else self.device
         if self.timestep_grid == "train":
             num_train = self.backbone.noise_scheduler.config.num_train_timesteps
-            steps = torch.randint(0, num_train, (batch_size,), device=device, generator=generator)
+            low, high = (round(f * num_train) for f in self.timestep_range)
+            if high <= low:
+                raise ValueError(f"timestep_range {self.timestep_range} holds no timestep of {num_train}")
+            steps = torch.randint(low, high, (batch_size,), device=device, generator=generator)
             return steps.to(self.device)
         weights = self.step_weights(self.num_inference_steps).to(device)
         steps = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
