@@ -43,7 +43,8 @@ def evaluate(backbone: DiffusionBackbone, seeds: int = 16, steps: int = 20, guid
              for (name, base_v), pol_v in zip(reward.components(base_images, texts).items(),
                                               reward.components(policy_images, texts).values())}
     return {"reward": (base.mean().item(), policy.mean().item()), "terms": terms,
-            "win_rate": win_rate(policy, base, groups=texts), "n": len(texts)}
+            "win_rate": win_rate(policy, base, groups=texts), "n": len(texts),
+            "policy_scores": policy.tolist(), "base_scores": base.tolist(), "texts": texts}
 
 
 def report(result: dict, title: str) -> str:

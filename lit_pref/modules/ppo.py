@@ -34,7 +34,10 @@ class PPOSettings:
             ``train.batch_size``); ``None``: the whole minibatch at once.
         sample_batch_size: Chains sampled per forward pass when collecting (ddpo's ``sample.batch_size``);
             ``None``: all of a round's chains at once.
-        step_fraction: Share of the chain's steps trained on per minibatch, drawn at random (ddpo's
+        early_steps: Train on the first ``early_steps`` (noisiest) transitions of each chain only; ``None``: all
+            (ddpo). The gradient of a step's log-prob scales with 1 / sigma_t, so the least noisy steps dominate
+            the summed gradient, while a layout (the toy world's taste) is decided in the noisiest ones.
+        step_fraction: Share of the trained steps used per minibatch, drawn at random (ddpo's
             ``timestep_fraction``: 1.0); the steps' gradients are accumulated into one optimizer step.
         max_grad_norm: Gradient-norm clip of each optimizer step (ddpo: 1.0).
         buffer_size: Rewards kept per prompt by the advantage tracker (ddpo: 16).
@@ -50,6 +53,7 @@ class PPOSettings:
     minibatch_size: int = 4
     micro_batch_size: int | None = None
     sample_batch_size: int | None = None
+    early_steps: int | None = None
     step_fraction: float = 1.0
     max_grad_norm: float = 1.0
     buffer_size: int = 16
@@ -95,7 +99,7 @@ class PPOModule(LoRAModule):
         if ppo.num_images < 1 or ppo.inner_epochs < 1 or ppo.minibatch_size < 1 or not 0 < ppo.step_fraction <= 1:
             raise ValueError("need num_images >= 1, inner_epochs >= 1, minibatch_size >= 1 and "
                              f"0 < step_fraction <= 1, got {ppo}")
-        for name in ("micro_batch_size", "sample_batch_size"):
+        for name in ("micro_batch_size", "sample_batch_size", "early_steps"):
             if getattr(ppo, name) is not None and getattr(ppo, name) < 1:
                 raise ValueError(f"ppo.{name} must be >= 1 or None, got {getattr(ppo, name)}")
         self.automatic_optimization = False
@@ -145,6 +149,7 @@ class PPOModule(LoRAModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         cond, negative = self.conditioning(traj)
         n, num_steps = traj.log_probs.shape
+        num_steps = min(num_steps, settings.early_steps or num_steps)
         steps_per_batch = max(1, math.ceil(settings.step_fraction * num_steps))
         advantages = advantages.to(self.device)
         totals: dict[str, float] = {}
