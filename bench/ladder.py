@@ -79,11 +79,13 @@ def fine_tune(backbone: DiffusionBackbone, images: torch.Tensor, captions: list[
 class BestOfN:
     """A stand-in policy for ``evaluate``: each sample is the best of N base samples by the hidden reward, the first
     drawn from the judged generator, the others from seeds derived from it and ``seed``. Inside :meth:`reference`
-    it samples as the base."""
+    it samples as the base. Candidates are cached in ``pool`` (shared by the N of one seed), so best-of-2, -4 and -8
+    are prefixes of one set of 8 draws."""
 
-    def __init__(self, backbone: DiffusionBackbone, n: int, seed: int) -> None:
+    def __init__(self, backbone: DiffusionBackbone, n: int, seed: int, pool: dict | None = None) -> None:
         self.backbone, self.n, self.seed = backbone, n, seed
         self.reward = ToyGroundTruthReward()
+        self.pool = {} if pool is None else pool
         self._plain = False
 
     @property
@@ -100,18 +102,21 @@ class BestOfN:
             self._plain = False
 
     def sample(self, texts: list[str], generator: list[torch.Generator], **kwargs) -> torch.Tensor:
-        first = self.backbone.sample(texts, generator=generator, **kwargs)
         if self._plain:
-            return first
-        candidates = [first]
-        for c in range(1, self.n):
-            extra = [torch.Generator(self.device).manual_seed(g.initial_seed() + 1_000_003 * (c + self.n * self.seed))
-                     for g in generator]
-            candidates.append(self.backbone.sample(texts, generator=extra, **kwargs))
-        stacked = torch.stack(candidates)  # (N, B, 3, H, W)
-        scores = torch.stack([self.reward.score(images, texts) for images in candidates])
-        best = scores.argmax(0)
-        return stacked[best, torch.arange(len(texts))]
+            return self.backbone.sample(texts, generator=generator, **kwargs)
+        seeds = [g.initial_seed() for g in generator]
+        images, scores = [], []
+        for c in range(self.n):
+            key = (self.seed, c, tuple(seeds))
+            if key not in self.pool:
+                draws = [torch.Generator(self.device).manual_seed(s + 1_000_003 * (c + 8 * self.seed) if c else s)
+                         for s in seeds]
+                candidate = self.backbone.sample(texts, generator=draws, **kwargs)
+                self.pool[key] = (candidate, self.reward.score(candidate, texts))
+            images.append(self.pool[key][0])
+            scores.append(self.pool[key][1])
+        best = torch.stack(scores).argmax(0)
+        return torch.stack(images)[best, torch.arange(len(texts))]
 
 
 def top_k_base_samples(backbone: DiffusionBackbone, pool: int, top_k: int, seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -146,6 +151,8 @@ def run_rung(make_policy: Callable[[int], object], seed: int, samples: int) -> d
     policy = make_policy(seed)
     train_s = time.perf_counter() - start
     result = evaluate(policy, seeds=samples)
+    print(f"  seed {seed}: win rate {result['win_rate'].rate:.1%} ({result['win_rate'].low:.1%}-"
+          f"{result['win_rate'].high:.1%}), trained in {train_s:.0f} s", flush=True)
     return {"seed": seed, "train_s": train_s, "terms": result["terms"], "policy": result["policy_scores"],
             "base": result["base_scores"], "texts": result["texts"]}
 
@@ -201,7 +208,9 @@ def main() -> None:
     if "capacity" in args.rungs:
         rungs += [(f"capacity, SFT on ideal images, rank {r}", capacity(r)) for r in (DEMO_RANK, args.big_rank)]
     if "best_of_n" in args.rungs:
-        rungs += [(f"best-of-{n} base samples", lambda seed, n=n: BestOfN(lora(DEMO_RANK), n, seed)) for n in (2, 4, 8)]
+        pool: dict = {}
+        rungs += [(f"best-of-{n} base samples", lambda seed, n=n: BestOfN(lora(DEMO_RANK), n, seed, pool))
+                  for n in (2, 4, 8)]
     if "reward_weighted" in args.rungs:
         rungs.append((f"reward-weighted SFT, top {args.top_k} of {args.pool}", reward_weighted))
     if "ddpo" in args.rungs:
