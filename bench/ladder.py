@@ -2,7 +2,7 @@
 
     python bench/ladder.py                                   # capacity, best-of-N, reward-weighted, DDPO; seeds 0 1 2
     python bench/ladder.py --rungs capacity best_of_n --seeds 0
-    python bench/ladder.py --method trajectory_dpo=configs/toy/trajectory_dpo.yaml --method vca_ppo=configs/toy/vca_ppo.yaml
+    python bench/ladder.py --rungs ddpo --method dpo=configs/toy/trajectory_dpo.yaml --method vca=configs/toy/vca_ppo.yaml
 
 Rungs (each judged as ``bench/alignment.py`` judges: its ``evaluate``, the 12 held-out prompts x ``--samples`` seeds,
 the same initial noise for base and tuned):
@@ -69,7 +69,8 @@ def fine_tune(backbone: DiffusionBackbone, images: torch.Tensor, captions: list[
         noise = torch.randn_like(latents)
         t = torch.randint(backbone.noise_scheduler.config.num_train_timesteps, (batch_size,))
         noisy = backbone.noise_scheduler.add_noise(latents, noise, t)
-        loss = torch.nn.functional.mse_loss(backbone.predict(noisy, t, cond), backbone.training_target(latents, noise, t))
+        target = backbone.training_target(latents, noise, t)
+        loss = torch.nn.functional.mse_loss(backbone.predict(noisy, t, cond), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
