@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from datamodules.toy import prompts
+from lit_pref.datamodules.toy import prompts
 from lit_pref.backbone import DiffusionBackbone, lora_config
 from lit_pref.rewards import ToyGroundTruthReward, win_rate
 

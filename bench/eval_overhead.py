@@ -26,7 +26,7 @@ import yaml
 
 from lit_pref.cli import LitPrefCLI
 
-EVALUATION = ("callbacks.WinRate", "callbacks.RewardMetrics", "callbacks.SampleGrid")
+EVALUATION = ("lit_pref.callbacks.WinRate", "lit_pref.callbacks.RewardMetrics", "lit_pref.callbacks.SampleGrid")
 
 
 def fit_seconds(config: Path, work: Path, overrides: list[str]) -> float:

@@ -33,8 +33,8 @@ import torch
 from lightning.pytorch import seed_everything
 
 from alignment import evaluate
-from datamodules.synthetic import SIZE_RANGES
-from datamodules.toy import Scene, parse_caption, prompts, render
+from lit_pref.datamodules.synthetic import SIZE_RANGES
+from lit_pref.datamodules.toy import Scene, parse_caption, prompts, render
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.rewards import ToyGroundTruthReward, win_rate
 

@@ -53,8 +53,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, when run as a script
 from bench.sampling import sampling_rates  # noqa: E402
-from datamodules import PreferencePairDataset, collate_pairs  # noqa: E402
-from datamodules.encoding_cache import open_or_build  # noqa: E402
+from lit_pref.datamodules import PreferencePairDataset, collate_pairs  # noqa: E402
+from lit_pref.datamodules.encoding_cache import open_or_build  # noqa: E402
 from lit_pref.backbone import DiffusionBackbone  # noqa: E402
 from lit_pref.losses import DiffusionDPOLoss  # noqa: E402
 from lit_pref.modules import TrajectoryDPO  # noqa: E402

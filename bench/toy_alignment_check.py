@@ -18,8 +18,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import REPO, read_events  # noqa: E402
 
-from callbacks import WinRate  # noqa: E402
-from datamodules import ToyPreferenceDataModule, toy_prompts  # noqa: E402
+from lit_pref.callbacks import WinRate  # noqa: E402
+from lit_pref.datamodules import ToyPreferenceDataModule, toy_prompts  # noqa: E402
 from lit_pref.backbone import DiffusionBackbone  # noqa: E402
 from lit_pref.losses import DiffusionDPOLoss  # noqa: E402
 from lit_pref.modules import TrajectoryDPO  # noqa: E402

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from datamodules import Dialogue, DialogueDataModule
-from datamodules.dialogue_pairs import DialoguePairDataset
+from lit_pref.datamodules import Dialogue, DialogueDataModule
+from lit_pref.datamodules.dialogue_pairs import DialoguePairDataset
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules import RewardModel
 from lit_pref.rewards import RewardModelScorer

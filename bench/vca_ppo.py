@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer
 
-from datamodules import DialogueDataModule
+from lit_pref.datamodules import DialogueDataModule
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules import VCAPPO, PPOSettings
 from lit_pref.rewards import RoundWeightSchedule, ToyGroundTruthReward, VCAReward

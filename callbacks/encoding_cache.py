@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.encoding_cache import (
+from lit_pref.datamodules.encoding_cache import (
     CacheableDataset,
     EncodingStore,
     allocate,
@@ -60,7 +60,7 @@ class EncodingCache(Callback):
         datasets = [d for d in datasets if d is not None]
         if not datasets or not all(hasattr(d, "cache_identity") for d in datasets):
             raise TypeError(f"EncodingCache: {type(datamodule).__name__} has no train_dataset / val_dataset that "
-                            "supports caching (datamodules.PreferencePairDataModule and its subclasses do)")
+                            "supports caching (lit_pref.datamodules.PreferencePairDataModule and its subclasses do)")
         backbone = pl_module.backbone
         model_fingerprint = backbone.encoder_fingerprint()
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []

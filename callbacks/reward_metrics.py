@@ -10,7 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from callbacks.sample_grid import captioned_grid, log_image
+from lit_pref.callbacks.sample_grid import captioned_grid, log_image
 from lit_pref.rewards import Scorer, win_rate
 from lit_pref.rewards.win_rate import WinRate as WinRateResult
 from lit_pref.sampling import sample_and_score

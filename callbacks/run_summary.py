@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from callbacks.reward_metrics import WinRate
+from lit_pref.callbacks.reward_metrics import WinRate
 
 
 def shown_path(path: str | os.PathLike) -> str:
@@ -37,7 +37,7 @@ def verdict(low: float, high: float) -> str:
 
 
 def summary(trainer: Trainer, seconds: float | None = None) -> str:
-    """The end-of-run text: steps (and time), the last win rate of every :class:`~callbacks.WinRate` scorer with its
+    """The end-of-run text: steps (and time), the last win rate of every :class:`~lit_pref.callbacks.WinRate` scorer with its
     interval and counts, the run folder with its LoRA and last checkpoint, and the commands to view and compare."""
     lines = [f"Finished fit: {trainer.global_step} steps" + (f" in {seconds / 60:.1f} min" if seconds else "") + "."]
     for callback in trainer.callbacks:

@@ -8,15 +8,15 @@ import re
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks.reward_metrics import RewardMetrics, WinRate
+from lit_pref.callbacks.reward_metrics import RewardMetrics, WinRate
 
 CATEGORY = "lit_pref: results"
 
 
 def layout(trainer: Trainer) -> dict[str, dict[str, list]]:
     """The layout in ``SummaryWriter.add_custom_scalars``'s format: a margin chart (value, low, high) per
-    :class:`~callbacks.WinRate` scorer, then multiline charts (tags as regular expressions) of the reward means
-    (:class:`~callbacks.RewardMetrics` scorers, trajectory collection, VCA-PPO rounds), the loss and the
+    :class:`~lit_pref.callbacks.WinRate` scorer, then multiline charts (tags as regular expressions) of the reward means
+    (:class:`~lit_pref.callbacks.RewardMetrics` scorers, trajectory collection, VCA-PPO rounds), the loss and the
     implicit accuracy (train and val)."""
     charts: dict[str, list] = {}
     for callback in trainer.callbacks:

@@ -8,7 +8,7 @@ from .rich_pairs import RichPreferenceDataModule
 from .synthetic import SyntheticPreferenceDataModule, draw_shape, make_synthetic_pairs
 from .toy import HELDOUT_COMBOS, Scene, ToyImageDataModule, ToyImageDataset, parse_caption, render, sample_scene
 from .toy import caption as toy_caption
-from .toy import prompts as toy_prompts  # not `prompts`: that would shadow the submodule datamodules.prompts
+from .toy import prompts as toy_prompts  # not `prompts`: that would shadow the submodule lit_pref.datamodules.prompts
 from .toy_pairs import ToyPreferenceDataModule
 
 __all__ = [

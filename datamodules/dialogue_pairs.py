@@ -5,8 +5,8 @@ people recorded.
 - :func:`dialogue_pairs` lists the pairs of a file's dialogues and counts the rounds that give none (no ``images``,
   no ``chosen``, fewer than 2 images, or no known prompt: neither ``prompt`` nor, in round 1, ``initial_prompt``).
 - :class:`DialoguePairDataset` loads them in the item format of
-  :class:`~datamodules.preference_pairs.PreferencePairDataset`; its :meth:`~DialoguePairDataset.collate` makes the
-  batches of :class:`~datamodules.preference_pairs.PreferencePairDataModule` (``images_0``, ``images_1``,
+  :class:`~lit_pref.datamodules.preference_pairs.PreferencePairDataset`; its :meth:`~DialoguePairDataset.collate` makes the
+  batches of :class:`~lit_pref.datamodules.preference_pairs.PreferencePairDataModule` (``images_0``, ``images_1``,
   ``label_0``, ``captions``, ...) plus ``satisfaction`` ``[B]``: the recorded satisfaction of the round's chosen
   image (NaN where the round recorded none), which :class:`lit_pref.modules.RewardModel` can regress as an extra
   target (``satisfaction_weight``).
@@ -97,14 +97,14 @@ def dialogue_pairs(dialogues: Sequence[Dialogue], root: str | os.PathLike) -> tu
 
 
 class DialoguePairDataset(Dataset):
-    """The preference pairs of a dialogue file, items as :class:`~datamodules.PreferencePairDataset` makes them.
+    """The preference pairs of a dialogue file, items as :class:`~lit_pref.datamodules.PreferencePairDataset` makes them.
 
     Items: ``{"image_0", "image_1"}`` (``FloatTensor[3, R, R]`` in ``[-1, 1]``: shorter side resized to
     ``resolution``, centre-cropped), ``label_0``, ``caption``, ``original_size``, ``crop_top_left``, ``index`` and
     ``satisfaction`` (NaN when not recorded).
 
     Args:
-        path: A dialogue ``.jsonl`` file (:mod:`datamodules.dialogues` format).
+        path: A dialogue ``.jsonl`` file (:mod:`lit_pref.datamodules.dialogues` format).
         resolution: Side of the square output images.
         check_images: Check that every listed image file exists when reading (an error names the file and line).
     """
@@ -144,7 +144,7 @@ class DialoguePairDataset(Dataset):
         }
 
     def collate(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """:func:`~datamodules.preference_pairs.collate_pairs` plus ``satisfaction`` ``[B]`` (NaN: not recorded)."""
+        """:func:`~lit_pref.datamodules.preference_pairs.collate_pairs` plus ``satisfaction`` ``[B]`` (NaN: not recorded)."""
         batch = collate_pairs(items, resolution=self.resolution)
         batch["satisfaction"] = torch.tensor([item["satisfaction"] for item in items], dtype=torch.float32)
         return batch

@@ -323,10 +323,10 @@ def _as_list(items: list[Dialogue]) -> list[Dialogue]:
 
 
 class DialogueDataModule(pl.LightningDataModule):
-    """Multi-round dialogues from JSONL files (format in :mod:`datamodules.dialogues`); batches are ``list[Dialogue]``,
+    """Multi-round dialogues from JSONL files (format in :mod:`lit_pref.datamodules.dialogues`); batches are ``list[Dialogue]``,
     whose turns' image paths are resolved against the file's folder (absolute paths stay as they are),
     or with ``pairs=True`` the dialogues' preference pairs in the batch format of
-    :class:`~datamodules.PreferencePairDataModule` (:mod:`datamodules.dialogue_pairs`: chosen ≻ each unchosen image of
+    :class:`~lit_pref.datamodules.PreferencePairDataModule` (:mod:`lit_pref.datamodules.dialogue_pairs`: chosen ≻ each unchosen image of
     every round with ``images`` and ``chosen``; plus ``satisfaction``), so pair methods and the reward model train on
     them. Rounds that give no pairs are counted, not errors: ``rounds_without_pairs`` (train file), also logged once as
     ``data/dialogue_rounds_without_pairs`` to the trainer's loggers.

@@ -5,7 +5,7 @@ per item, the VAE posterior of both images (mean and log-variance, from which ea
 latent exactly as a fresh encoding would) and, per distinct caption, the text embeddings. An entry is keyed by
 the model (``DiffusionBackbone.encoder_fingerprint()``: VAE, text encoders, tokenizers, dtypes) and by the data
 (the dataset's ``cache_identity()``: files, rows, preprocessing); a change of either selects another entry, which
-is built on first use. ``callbacks.EncodingCache`` builds and attaches entries at the start of fit.
+is built on first use. ``lit_pref.callbacks.EncodingCache`` builds and attaches entries at the start of fit.
 
 Layout of one entry, ``<cache_dir>/<data key>-<model key>/`` (written in a temporary folder, renamed when done)::
 
@@ -51,7 +51,7 @@ class Encoder(Protocol):
 
 
 class CacheableDataset(Protocol):
-    """What the cache needs from a data set (``datamodules.PreferencePairDataset`` has it)."""
+    """What the cache needs from a data set (``lit_pref.datamodules.PreferencePairDataset`` has it)."""
 
     resolution: int
     captions: list[str]
@@ -232,7 +232,7 @@ def open_entry(final: Path, dataset: CacheableDataset, model_fingerprint: str) -
 def open_or_build(cache_dir: str | os.PathLike, dataset: CacheableDataset, encoder: Encoder,
                   batch_size: int = 16, num_workers: int = 0) -> EncodingStore:
     """The entry for ``dataset`` and ``encoder`` in ``cache_dir``, built first if missing (in one process;
-    ``callbacks.EncodingCache`` shares the work between the processes of a distributed run)."""
+    ``lit_pref.callbacks.EncodingCache`` shares the work between the processes of a distributed run)."""
     model_fingerprint = encoder.encoder_fingerprint()
     final = entry_path(cache_dir, dataset, model_fingerprint)
     if not (final / "manifest.json").is_file():

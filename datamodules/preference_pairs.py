@@ -14,7 +14,7 @@ Two input formats are read into one kind of item:
 
 Captions may be any Arrow string type (``string``, ``large_string``, ``string_view``, or dictionary-encoded
 strings: pandas ``category``). Images of any mode PIL reads become 8-bit RGB by
-:func:`datamodules.image_modes.to_rgb`: 16-bit grayscale scaled by its range, transparency composited on
+:func:`lit_pref.datamodules.image_modes.to_rgb`: 16-bit grayscale scaled by its range, transparency composited on
 white; non-finite or out-of-range float pixels make the row bad (an image that does not decode).
 
 Validation follows "nothing lost, nothing silently trained on": metadata
@@ -39,7 +39,7 @@ Batch contract (output of :func:`collate_pairs`)::
     indices         LongTensor[B]    (the items' indices in the dataset)
     num_skipped     int              (items dropped because an image did not decode)
 
-With an encoding cache attached (``callbacks.EncodingCache``, see ``datamodules/encoding_cache.py``) the
+With an encoding cache attached (``lit_pref.callbacks.EncodingCache``, see ``datamodules/encoding_cache.py``) the
 images are replaced by what the frozen encoders made of them::
 
     latent_dists_0  Tensor[B, 2C, h, w] VAE posterior (mean, log-variance) of image 0, the VAE's dtype
@@ -439,7 +439,7 @@ class PreferencePairDataset(Dataset):
         """``label_0`` of the rows, in dataset order."""
         return [self._rows.labels[self._row(i)] for i in range(len(self))]
 
-    # -- encoding cache (datamodules.encoding_cache, callbacks.EncodingCache) -- #
+    # -- encoding cache (lit_pref.datamodules.encoding_cache, lit_pref.callbacks.EncodingCache) -- #
 
     def cache_identity(self) -> dict[str, Any]:
         """Everything this view's items depend on, for the encoding cache's key: the input files (path, size,

@@ -1,7 +1,7 @@
 """The toy world: procedural captioned images of one coloured shape.
 
 Every image shows one filled shape (circle, square or upright triangle) in one
-of the 6 pure colours of :data:`~datamodules.synthetic.COLOURS`, small (7-10
+of the 6 pure colours of :data:`~lit_pref.datamodules.synthetic.COLOURS`, small (7-10
 px) or large (14-20 px) at 32 px (ranges scale with the resolution), at a
 uniformly random position fully inside the image, on a white or black
 background. Its caption is ``"a small red circle on a white background"``.
@@ -9,7 +9,7 @@ background. Its caption is ``"a small red circle on a white background"``.
 Three colour-shape combinations (:data:`HELDOUT_COMBOS`) never appear in the
 ``"train"`` split; the ``"heldout"`` split contains only them (3 combinations
 x 2 sizes x 2 backgrounds = 12 prompts), to measure compositional
-generalisation. Drawing reuses :mod:`datamodules.synthetic`.
+generalisation. Drawing reuses :mod:`lit_pref.datamodules.synthetic`.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Scene:
     """One toy image: what it shows and where.
 
     Attributes:
-        colour: One of :data:`~datamodules.synthetic.COLOURS`.
+        colour: One of :data:`~lit_pref.datamodules.synthetic.COLOURS`.
         shape: ``"circle"``, ``"square"`` or ``"triangle"``.
         size: ``"small"`` or ``"large"``.
         background: ``"white"`` or ``"black"``.

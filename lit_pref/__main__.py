@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "lit_pref.evaluate",
     "synthesize-pairs": "lit_pref.rpo.cli",
     "interact": "lit_pref.vca.interact",
-    "dialogues-to-pairs": "datamodules.dialogue_pairs",
+    "dialogues-to-pairs": "lit_pref.datamodules.dialogue_pairs",
 }
 
 # One line per subcommand for ``--help`` (a subcommand missing here shows its module docstring's first line).
@@ -27,7 +27,7 @@ SUMMARIES: dict[str, str] = {
     "fit": "train a model: fit --config configs/demo.yaml (any method, data module and callbacks by class name)",
     "validate": "run the validation set on a model or checkpoint (--ckpt_path)",
     "test": "score held-out pairs with a checkpoint (test/loss, test/implicit_acc)",
-    "predict": "generate images for a prompt file with a checkpoint (callbacks.ImageWriter writes them)",
+    "predict": "generate images for a prompt file with a checkpoint (lit_pref.callbacks.ImageWriter writes them)",
     "compare": "the evaluation metrics of runs side by side: a Markdown table and a PNG of the curves",
     "synthesize-pairs": "RichPreferenceDPO's pairs: sample, critique, edit and relabel (resumable)",
     "interact": "a local web page to pick images and give feedback to a model, turn by turn (VCA)",

@@ -13,12 +13,12 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 # Imported so that their classes are known subclasses: ``--model TrajectoryDPO`` and ``--model.help TrajectoryDPO``
 # resolve short names, and ``fit --help`` can list them.
-import callbacks
-import datamodules
+from lit_pref import callbacks
+from lit_pref import datamodules
 import lit_pref.modules
 import lit_pref.modules.pretrain
-from callbacks.run_summary import RunSummary
-from callbacks.tensorboard_layout import TensorBoardLayout
+from lit_pref.callbacks.run_summary import RunSummary
+from lit_pref.callbacks.tensorboard_layout import TensorBoardLayout
 from lit_pref.checkpointing import AtomicCheckpointIO, FinalLastCheckpoint
 
 PROG = "python -m lit_pref"
@@ -37,7 +37,7 @@ def fit_description() -> str:
     methods = _class_names(lit_pref.modules, LightningModule) + _class_names(lit_pref.modules.pretrain, LightningModule)
     data = _class_names(datamodules, LightningDataModule)
     return (f"Train a model. Methods (--model NAME): {', '.join(methods)}. Data modules (--data NAME): "
-            f"{', '.join(data)}. Callbacks: {', '.join(callbacks.__all__)} (callbacks.NAME). "
+            f"{', '.join(data)}. Callbacks: {', '.join(callbacks.__all__)} (lit_pref.callbacks.NAME). "
             f"`{PROG} fit --model.help NAME` lists a class's options; configs/ holds a recipe of each method.")
 
 
@@ -63,8 +63,8 @@ class LitPrefCLI(LightningCLI):
     (:class:`lit_pref.checkpointing.AtomicCheckpointIO`) unless ``trainer.plugins`` names another ``CheckpointIO``;
     ``last.ckpt`` always holds the final state (:class:`lit_pref.checkpointing.FinalLastCheckpoint`). Data paths
     (``data.init_args.path`` / ``*_path``) and ``ckpt_path`` are checked before anything is built, so a wrong path
-    costs no model load and leaves no run folder. Every run writes a TensorBoard layout (:class:`callbacks.TensorBoardLayout`) and ends with a
-    summary (:class:`callbacks.RunSummary`).
+    costs no model load and leaves no run folder. Every run writes a TensorBoard layout (:class:`lit_pref.callbacks.TensorBoardLayout`) and ends with a
+    summary (:class:`lit_pref.callbacks.RunSummary`).
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:

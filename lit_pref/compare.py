@@ -7,7 +7,7 @@ Reads the TensorBoard event files of each run and
   a run did not log the metric;
 - writes a PNG (``--out``, default ``comparison.png``) with one panel a metric and one line a run.
 
-A metric ``X`` logged with ``X_low`` and ``X_high`` (the win-rate intervals of ``callbacks.WinRate``) is one
+A metric ``X`` logged with ``X_low`` and ``X_high`` (the win-rate intervals of ``lit_pref.callbacks.WinRate``) is one
 metric with an interval: ``value [low, high]`` in the table, a shaded band around X's line in the figure.
 
 Rules:

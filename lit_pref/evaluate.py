@@ -1,7 +1,7 @@
 """``python -m lit_pref evaluate --config eval.yaml``: score a model over a benchmark prompt suite.
 
 The model is a base model (``backbone``), optionally with a LoRA folder (``lora``, written by ``save_lora`` /
-``callbacks.LoRAExport``) or the LoRA weights of a Lightning checkpoint (``checkpoint``). Every prompt of the suite
+``lit_pref.callbacks.LoRAExport``) or the LoRA weights of a Lightning checkpoint (``checkpoint``). Every prompt of the suite
 (``lit_pref.suites``) is sampled ``num_images_per_prompt`` times, sample i of the run from the noise of
 ``seed + i``, and scored by every scorer; with ``vs_base`` the base model (adapters off) is sampled from the same
 noise and the win rate against it is reported with its bootstrap interval over prompts.
@@ -34,7 +34,7 @@ from PIL import Image
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from callbacks.sample_grid import captioned_grid
+from lit_pref.callbacks.sample_grid import captioned_grid
 from lit_pref.backbone import DiffusionBackbone, lora_config
 from lit_pref.checkpointing import trainable_state_dict
 from lit_pref.io import atomic_file

@@ -8,9 +8,9 @@
 - ``drawbench``: the DrawBench sheet (Saharia et al. 2022) saved as CSV, header ``Prompts``, ``Category``.
 - ``pickapic``: Pick-a-Pic captions from the parquet layout of the dataset (a ``.parquet`` file or a folder of
   shards, e.g. the ``test_unique`` split's), column ``caption``; repeated captions are kept once, in order.
-- ``file``: any prompt file :func:`datamodules.prompts.read_prompts` reads (txt, JSONL, parquet); no category.
+- ``file``: any prompt file :func:`lit_pref.datamodules.prompts.read_prompts` reads (txt, JSONL, parquet); no category.
 
-Every reader raises :class:`datamodules.preference_pairs.BadRowError` naming the file and the row (1-based line
+Every reader raises :class:`lit_pref.datamodules.preference_pairs.BadRowError` naming the file and the row (1-based line
 for text files, 0-based index for JSON lists and parquet rows) of a bad entry.
 """
 
@@ -26,8 +26,8 @@ from typing import Literal, Sequence
 
 import pyarrow.parquet as pq
 
-from datamodules.preference_pairs import BadRowError
-from datamodules.prompts import read_prompts
+from lit_pref.datamodules.preference_pairs import BadRowError
+from lit_pref.datamodules.prompts import read_prompts
 
 SuiteKind = Literal["hpsv2", "partiprompts", "drawbench", "pickapic", "file"]
 HPSV2_STYLES = ("anime", "concept-art", "paintings", "photo")
@@ -155,7 +155,7 @@ def read_pickapic(path: str | os.PathLike) -> list[SuitePrompt]:
 
 
 def read_file(path: str | os.PathLike) -> list[SuitePrompt]:
-    """A plain prompt file (txt, JSONL or parquet, see ``datamodules.prompts.read_prompts``)."""
+    """A plain prompt file (txt, JSONL or parquet, see ``lit_pref.datamodules.prompts.read_prompts``)."""
     return [SuitePrompt(p) for p in read_prompts(path)]
 
 

@@ -84,7 +84,7 @@ def fit_args(run: Path, data: Path, *, steps: int = STEPS, batch_size: int = GLO
              strategy: str | None = None, extra: list[str] = ()) -> list[str]:
     """``LitPrefCLI(run=False)`` arguments (``lit_pref fit`` without the word ``fit``): the demo's method config on the tiny backbone and 16-pixel synthetic pairs,
     then ``strategy`` (a ``configs/strategy`` file name), CPU, the step recorder and a LoRA export into ``run``."""
-    callbacks = [{"class_path": "callbacks.LoRAExport", "init_args": {"dirpath": str(run)}},
+    callbacks = [{"class_path": "lit_pref.callbacks.LoRAExport", "init_args": {"dirpath": str(run)}},
                  {"class_path": "dist_worker.StepRecorder", "init_args": {"path": str(run)}}]
     args = ["--config", str(REPO / "configs" / "demo.yaml")]
     if strategy:
@@ -95,7 +95,7 @@ def fit_args(run: Path, data: Path, *, steps: int = STEPS, batch_size: int = GLO
         "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(run),
         "--trainer.callbacks", json.dumps(callbacks),
         "--model.init_args.backbone.init_args.model", "tiny",
-        "--data", "datamodules.SyntheticPreferenceDataModule", "--data.data_dir", str(data),
+        "--data", "lit_pref.datamodules.SyntheticPreferenceDataModule", "--data.data_dir", str(data),
         "--data.num_pairs", str(NUM_PAIRS), "--data.num_val_pairs", "0", "--data.resolution", "16",
         "--data.batch_size", str(batch_size), *extra,
     ]
@@ -126,7 +126,7 @@ def deepspeed_runs(out: Path, data: Path, stage: int) -> None:
     if stage == 3:  # a scorer in a callback: it must stay fp32 and whole
         scorer = {"class_path": "lit_pref.rewards.CLIPScore",
                   "init_args": {"model": f"local-dir:{REPO / 'lit_pref/assets/toy/clip'}", "pretrained": None}}
-        metrics = {"class_path": "callbacks.RewardMetrics",
+        metrics = {"class_path": "lit_pref.callbacks.RewardMetrics",
                    "init_args": {"scorers": {"clip": scorer}, "prompts": ["a red circle on a white background"],
                                  "num_images_per_prompt": 1, "num_inference_steps": 2, "every_n_steps": 4}}
         extra.append(f"--trainer.callbacks+={json.dumps(metrics)}")
@@ -161,7 +161,7 @@ def frozen_report(cli) -> dict[str, Any]:
 def scorer_report(cli) -> dict[str, Any]:
     """The RewardMetrics scorer after a ZeRO-3 run: its parameters' dtypes, sizes and DeepSpeed attributes, and
     the mean score it logged."""
-    from callbacks import RewardMetrics
+    from lit_pref.callbacks import RewardMetrics
 
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, RewardMetrics)]
     scorer = callback.scorers["clip"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import BadRowError, DialogueFormatError, PreferencePairDataset, collate_pairs, read_dialogues
+from lit_pref.datamodules import BadRowError, DialogueFormatError, PreferencePairDataset, collate_pairs, read_dialogues
 from test_preference_data import encode, solid, write_jsonl
 
 BLUE = (0, 0, 255)

@@ -104,11 +104,11 @@ def test_predict_writes_images_for_a_prompt_file(demo_run, run_cli):
     tmp, run = demo_run
     (tmp / "prompts.txt").write_text("a red circle on a white background\n\na blue square\n")
     out = tmp / "predictions"
-    run_cli("predict", "--config", "configs/demo.yaml", "--data", "datamodules.PromptDataModule",
+    run_cli("predict", "--config", "configs/demo.yaml", "--data", "lit_pref.datamodules.PromptDataModule",
             "--data.path", str(tmp / "prompts.txt"), "--data.num_images_per_prompt", "2",
             "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.logger", "false",
             "--trainer.default_root_dir", str(tmp),  # LightningCLI saves config.yaml there, not in the repo
-            "--trainer.callbacks+=callbacks.ImageWriter", "--trainer.callbacks.output_dir", str(out),
+            "--trainer.callbacks+=lit_pref.callbacks.ImageWriter", "--trainer.callbacks.output_dir", str(out),
             "--model.init_args.num_inference_steps", "3")
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [(m["prompt"], m["seed"]) for m in manifest] == [
@@ -127,7 +127,7 @@ def test_test_subcommand_scores_held_out_pairs_with_the_checkpoint_lora(demo_run
     tmp, run = demo_run
     pairs = str(tmp / "data" / "val.parquet")
     args = ["test", "--config", "configs/demo.yaml", "--trainer.logger", "false", "--trainer.callbacks", "[]",
-            "--trainer.default_root_dir", str(tmp_path), "--data", "datamodules.PreferencePairDataModule",
+            "--trainer.default_root_dir", str(tmp_path), "--data", "lit_pref.datamodules.PreferencePairDataModule",
             "--data.train_path", pairs, "--data.test_path", pairs, "--data.resolution", "32"]
     trained = LitPrefCLI(args=[*args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]).trainer.callback_metrics
     fresh = LitPrefCLI(args=args).trainer.callback_metrics

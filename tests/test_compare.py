@@ -10,9 +10,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from callbacks import RewardMetrics, WinRate
+from lit_pref.callbacks import RewardMetrics, WinRate
 from conftest import read_events
-from datamodules import SyntheticPreferenceDataModule
+from lit_pref.datamodules import SyntheticPreferenceDataModule
 from lit_pref import compare
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss

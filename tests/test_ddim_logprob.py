@@ -1,4 +1,4 @@
-"""DDIM step with log-prob (METHODS.md §2, §4), by hand and against diffusers; sampled trajectories and the
+"""DDIM step with log-prob (docs/methods.md §2, §4), by hand and against diffusers; sampled trajectories and the
 recomputation of their log-probs on the tiny backbones.
 
 Hand derivation (``hand_step`` below, float64, element by element, never calling the code under test): the SD

@@ -8,7 +8,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from conftest import read_events
-from datamodules import PromptDataModule
+from lit_pref.datamodules import PromptDataModule
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules import DDPO, VCAPPO, PPOModule, PPOSettings
 from lit_pref.rewards import ToyGroundTruthReward

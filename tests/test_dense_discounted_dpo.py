@@ -1,4 +1,4 @@
-"""DenseDiscountedDPO and TrajectoryDPO's trajectory mode (METHODS.md §2) on tiny and toy models."""
+"""DenseDiscountedDPO and TrajectoryDPO's trajectory mode (docs/methods.md §2) on tiny and toy models."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from datamodules import PromptDataModule
+from lit_pref.datamodules import PromptDataModule
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss, discount_weights
 from lit_pref.modules import DenseDiscountedDPO, TrajectoryDPO, TrajectorySettings

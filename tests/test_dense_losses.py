@@ -1,4 +1,4 @@
-"""DenseDiscountedDPO losses against values derived by hand from METHODS.md §2.
+"""DenseDiscountedDPO losses against values derived by hand from docs/methods.md §2.
 
 Hand derivations:
   discount_weights(4, 0.5): gamma^k = 1, 1/2, 1/4, 1/8, sum 15/8  -> [8, 4, 2, 1] / 15

@@ -15,8 +15,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from conftest import read_events
-from datamodules import DialogueDataModule, DialogueFormatError, PreferencePairDataset
-from datamodules.dialogue_pairs import DialoguePairDataset
+from lit_pref.datamodules import DialogueDataModule, DialogueFormatError, PreferencePairDataset
+from lit_pref.datamodules.dialogue_pairs import DialoguePairDataset
 from lit_pref.__main__ import main
 from lit_pref.modules.reward_model import RewardModel
 from lit_pref.vca import make_toy_dialogues

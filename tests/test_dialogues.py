@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import Dialogue, DialogueDataModule, DialogueFormatError, Turn, append_dialogue, read_dialogues
-from datamodules.toy import Scene, render
+from lit_pref.datamodules import Dialogue, DialogueDataModule, DialogueFormatError, Turn, append_dialogue, read_dialogues
+from lit_pref.datamodules.toy import Scene, render
 from lit_pref.vca import CausalLMRefiner, TemplateRefiner, ToySimulatedUser, make_toy_dialogues, toy_edits
 
 RED = "a small red circle on a white background"
@@ -313,7 +313,7 @@ def test_toy_dialogues_parse_back_and_replay(tmp_path):
 
 
 def test_toy_start_changes_one_to_max_changes_attributes():
-    from datamodules.toy import parse_caption
+    from lit_pref.datamodules.toy import parse_caption
     from lit_pref.vca import toy_start
 
     rng = np.random.default_rng(0)

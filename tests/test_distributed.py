@@ -4,7 +4,7 @@ Two worker processes (tests/dist_worker.py, launched torchrun-style) run DDP for
 for 2 steps, a checkpoint, and a resume to 4 steps, all through LitPrefCLI with configs/demo.yaml composed with
 the shipped strategy configs. Every run sees the same global batch of 4 pairs per step; a pair's noise and
 timestep depend only on the pair (TrajectoryDPO's per-pair generators) and the data order only on the seed
-(datamodules.EpochSampler), so the runs differ from one process by floating-point rounding only.
+(lit_pref.datamodules.EpochSampler), so the runs differ from one process by floating-point rounding only.
 
 Tolerances. After 4 AdamW steps at lr 1e-3 the LoRA has moved by up to 4e-3 (a run with another global batch
 ends 6e-3 away). Against one process, measured here: DDP 8e-6, gradient accumulation 3e-5, ZeRO-3 5e-5 (it
@@ -85,7 +85,7 @@ def global_steps(run: Path, ranks: int = 1, micro: int = 1) -> list[tuple[float,
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from datamodules import SyntheticPreferenceDataModule
+    from lit_pref.datamodules import SyntheticPreferenceDataModule
 
     path = tmp_path_factory.mktemp("pairs")
     SyntheticPreferenceDataModule(data_dir=str(path), num_pairs=NUM_PAIRS, num_val_pairs=0, resolution=16).prepare_data()

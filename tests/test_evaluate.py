@@ -137,7 +137,7 @@ class BatchSizes(Scorer):
 
 
 def test_callbacks_sample_and_score_in_batches_with_the_draws_of_one_batch():
-    from callbacks import RewardMetrics
+    from lit_pref.callbacks import RewardMetrics
     from lit_pref.modules import TrajectoryDPO
 
     scorer = BatchSizes()

@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks.run_summary import summary
-from callbacks.tensorboard_layout import TensorBoardLayout
+from lit_pref.callbacks.run_summary import summary
+from lit_pref.callbacks.tensorboard_layout import TensorBoardLayout
 from conftest import REPO
 from lit_pref import __main__ as entry
 from lit_pref.checkpointing import FinalLastCheckpoint

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO
-from datamodules import DialogueDataModule, read_dialogues
+from lit_pref.datamodules import DialogueDataModule, read_dialogues
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.vca import TemplateRefiner
 from lit_pref.vca.interact import main, make_server, parse_args, studio_from_args

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from datamodules import read_dialogues
+from lit_pref.datamodules import read_dialogues
 from lit_pref.vca.interact import RequestError, main, parse_args, studio_from_args
 from test_interact import FAST, RED, _request, server  # noqa: F401 - the fixture
 

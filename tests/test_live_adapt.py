@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 
-from datamodules import read_dialogues
+from lit_pref.datamodules import read_dialogues
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import TOY_PIPELINE
 from lit_pref.vca.adapt import LiveAdapter

@@ -1,4 +1,4 @@
-"""Diffusion-DPO loss against values derived by hand from METHODS.md §1.
+"""Diffusion-DPO loss against values derived by hand from docs/methods.md §1.
 
 Hand derivation for the fixed batch below (beta = 100, so beta' = beta / 2 = 50):
   logits = (r_w - r_l) - (e_w - e_l)

@@ -1,4 +1,4 @@
-"""The clipped PPO loss and the per-prompt stat tracker, against values worked out by hand from METHODS.md §4."""
+"""The clipped PPO loss and the per-prompt stat tracker, against values worked out by hand from docs/methods.md §4."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the preference-pair data layer (datamodules.preference_pairs / synthetic)."""
+"""Tests of the preference-pair data layer (lit_pref.datamodules.preference_pairs / synthetic)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, SequentialSampler
 
-from datamodules import (
+from lit_pref.datamodules import (
     BadRowError,
     EpochSampler,
     PreferencePairDataModule,
@@ -26,7 +26,7 @@ from datamodules import (
     draw_shape,
     make_synthetic_pairs,
 )
-from datamodules.synthetic import BACKGROUNDS, COLOURS
+from lit_pref.datamodules.synthetic import BACKGROUNDS, COLOURS
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -397,7 +397,7 @@ def test_skip_drops_bad_metadata_at_setup_and_undecodable_rows_per_batch(tmp_pat
     rows[5]["label_0"] = float("nan")
     rows[4]["jpg_0"] = b"not an image"
     path = write_parquet(tmp_path / "picks.parquet", rows)
-    with caplog.at_level(logging.WARNING, logger="datamodules.preference_pairs"):
+    with caplog.at_level(logging.WARNING, logger="lit_pref.datamodules.preference_pairs"):
         ds = PreferencePairDataset(path, resolution=16, on_bad_row="skip")
     assert len(ds) == 4  # rows 0, 2, 4, 6 (row 4's image is only found bad when read)
     assert ds.captions == ["c0", "c2", "c4", "c6"]
@@ -408,7 +408,7 @@ def test_skip_drops_bad_metadata_at_setup_and_undecodable_rows_per_batch(tmp_pat
     assert "picks.parquet row 3: caption" in setup_warnings[0]
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="datamodules.preference_pairs"):
+    with caplog.at_level(logging.WARNING, logger="lit_pref.datamodules.preference_pairs"):
         batch = next(iter(DataLoader(ds, batch_size=8, collate_fn=ds.collate)))
     assert batch["num_skipped"] == 1
     assert batch["captions"] == ["c0", "c2", "c6"]
@@ -624,7 +624,7 @@ def test_synthetic_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["train.parquet"]
     before = target.read_bytes()
 
-    import datamodules.generated as generated
+    import lit_pref.datamodules.generated as generated
 
     def interrupted_write(table, where, *args, **kwargs):
         Path(where).write_bytes(b"PAR1 half a file")
@@ -686,7 +686,7 @@ def test_synthetic_datamodule_setup_without_prepare_data_fails_clearly(tmp_path)
 
 def test_parquet_rows_across_small_row_groups_with_bounded_cache(tmp_path):
     """Rows are read one row group at a time; every row lands right, and the cache stays bounded."""
-    from datamodules.preference_pairs import CACHED_ROW_GROUPS
+    from lit_pref.datamodules.preference_pairs import CACHED_ROW_GROUPS
 
     def png(value: int) -> bytes:
         buf = io.BytesIO()

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from datamodules import BadRowError, PromptDataModule
+from lit_pref.datamodules import BadRowError, PromptDataModule
 
 
 def prompts_of(path, **kwargs) -> list[dict]:

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 
 from conftest import REPO, read_events
-from datamodules import (
+from lit_pref.datamodules import (
     EpochSampler,
     PreferencePairDataset,
     ResumableLoader,

@@ -6,9 +6,9 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks import RewardMetrics, WinRate
+from lit_pref.callbacks import RewardMetrics, WinRate
 from conftest import read_events
-from datamodules import SyntheticPreferenceDataModule
+from lit_pref.datamodules import SyntheticPreferenceDataModule
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss
 from lit_pref.modules import TrajectoryDPO

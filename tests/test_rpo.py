@@ -14,8 +14,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from conftest import REPO, read_events
-from datamodules import PreferencePairDataModule, RichPreferenceDataModule
-from datamodules.toy import Scene, render
+from lit_pref.datamodules import PreferencePairDataModule, RichPreferenceDataModule
+from lit_pref.datamodules.toy import Scene, render
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss
 from lit_pref.modules import RichPreferenceDPO

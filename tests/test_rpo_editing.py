@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.toy import Scene, render
+from lit_pref.datamodules.toy import Scene, render
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.rewards import ToyGroundTruthReward
 from lit_pref.rpo import (CannyEdges, ControlNetEditor, Critique, Edit, Editor, EditorChain, InpaintEditor,

@@ -16,9 +16,9 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from callbacks import EncodingCache
-from datamodules import PreferencePairDataModule, PreferencePairDataset
-from datamodules.encoding_cache import open_or_build
+from lit_pref.callbacks import EncodingCache
+from lit_pref.datamodules import PreferencePairDataModule, PreferencePairDataset
+from lit_pref.datamodules.encoding_cache import open_or_build
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss, PairLoss
 from lit_pref.modules import TrajectoryDPO

@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 from lightning.pytorch import Trainer
 
-from datamodules import ToyImageDataModule, ToyImageDataset, parse_caption, toy_prompts
+from lit_pref.datamodules import ToyImageDataModule, ToyImageDataset, parse_caption, toy_prompts
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import TOY_PIPELINE
 from lit_pref.backbone.tokenizer import offline_clip_tokenizer, reduced_clip_tokenizer

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.synthetic import COLOURS, SHAPES, draw_shape
-from datamodules.toy import (
+from lit_pref.datamodules.synthetic import COLOURS, SHAPES, draw_shape
+from lit_pref.datamodules.toy import (
     HELDOUT_COMBOS,
     ToyImageDataModule,
     ToyImageDataset,

@@ -1,4 +1,4 @@
-"""TrajectoryDPO: the Diffusion-DPO step on the tiny preset (METHODS.md §1)."""
+"""TrajectoryDPO: the Diffusion-DPO step on the tiny preset (docs/methods.md §1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from datamodules import SyntheticPreferenceDataModule
+from lit_pref.datamodules import SyntheticPreferenceDataModule
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss
 from lit_pref.modules import TrajectoryDPO

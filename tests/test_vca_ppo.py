@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from conftest import read_events
-from datamodules import DialogueDataModule, Turn, parse_caption
+from lit_pref.datamodules import DialogueDataModule, Turn, parse_caption
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import ppo_clip_loss
 from lit_pref.modules import VCAPPO, PPOSettings
@@ -81,7 +81,7 @@ def test_the_chosen_image_is_carried_into_the_next_rounds_consistency(tmp_path):
 
 
 def test_toy_target_replays_the_feedback():
-    from datamodules import Dialogue
+    from lit_pref.datamodules import Dialogue
 
     dialogue = Dialogue("d", "a small red circle on a white background", [
         Turn(1, "make it green"), Turn(2, "make the shape a triangle"), Turn(3, "move it to the centre")])

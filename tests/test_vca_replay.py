@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import Dialogue, DialogueDataModule, Turn
+from lit_pref.datamodules import Dialogue, DialogueDataModule, Turn
 from lit_pref.__main__ import main
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules import VCAPPO, PPOSettings

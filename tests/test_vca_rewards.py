@@ -1,4 +1,4 @@
-"""The VCA-style reward terms and their round schedule, by hand on small embeddings (METHODS.md §4)."""
+"""The VCA-style reward terms and their round schedule, by hand on small embeddings (docs/methods.md §4)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import render, sample_scene
+from lit_pref.datamodules import render, sample_scene
 from lit_pref.rewards import (
     RoundWeightSchedule,
     ToyGroundTruthReward,

@@ -1,4 +1,4 @@
-"""Win rate with ties and a prompt-level bootstrap interval (METHODS.md §5)."""
+"""Win rate with ties and a prompt-level bootstrap interval (docs/methods.md §5)."""
 
 from __future__ import annotations
 

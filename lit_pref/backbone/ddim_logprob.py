@@ -1,4 +1,4 @@
-"""The stochastic DDIM transition (eta > 0) with the Gaussian log-density of its result; METHODS.md §2 and §4.
+"""The stochastic DDIM transition (eta > 0) with the Gaussian log-density of its result; docs/methods.md §2 and §4.
 
 As in kvablack/ddpo-pytorch (``ddim_with_logprob``), for a step from timestep ``t`` with ``N`` inference
 steps out of ``T`` training timesteps::

@@ -1,4 +1,4 @@
-"""The Bradley-Terry loss of a reward model on preference pairs (the "DPO-trained" reward model, METHODS.md §4)."""
+"""The Bradley-Terry loss of a reward model on preference pairs (the "DPO-trained" reward model, docs/methods.md §4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """DenseDiscountedDPO (Yang, Chen & Zhou, ICML 2024): discounted step weights and the dense DPO / ListMLE losses.
 
-METHODS.md §2. A reverse chain of N DDIM steps has step index k = 0 for the first (noisiest) step. Steps are
+docs/methods.md §2. A reverse chain of N DDIM steps has step index k = 0 for the first (noisiest) step. Steps are
 drawn from the discounted distribution ``w_k = gamma^k / sum_j gamma^j``; a trajectory's implicit reward is
 the clamped mean per-step log-ratio of policy and initial model at the drawn steps, times beta; pairs are
 compared with the Bradley-Terry (DPO) loss and lists of more than two trajectories with ListMLE.

@@ -1,4 +1,4 @@
-"""The Diffusion-DPO objective (Wallace et al. 2023) on per-sample denoising errors; METHODS.md §1."""
+"""The Diffusion-DPO objective (Wallace et al. 2023) on per-sample denoising errors; docs/methods.md §1."""
 
 from __future__ import annotations
 

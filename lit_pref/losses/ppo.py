@@ -1,4 +1,4 @@
-"""The clipped PPO objective on per-step log-probs of sampled reverse chains (DDPO-style); METHODS.md §4.
+"""The clipped PPO objective on per-step log-probs of sampled reverse chains (DDPO-style); docs/methods.md §4.
 
 As in kvablack/ddpo-pytorch (``train.py``), for log-probs of stored DDIM transitions under the current weights
 (``logp_new``) and at collection time (``logp_old``)::

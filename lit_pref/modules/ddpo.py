@@ -1,5 +1,5 @@
 """DDPO: denoising diffusion policy optimization (Black et al. 2023, kvablack/ddpo-pytorch), PPO on a scorer's
-reward -- the reward-maximisation baseline of the dense-DPO and VCA papers (METHODS.md §4)."""
+reward -- the reward-maximisation baseline of the dense-DPO and VCA papers (docs/methods.md §4)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from lit_pref.rewards import Scorer
 class DDPO(PPOModule):
     """PPO of the LoRA on any :class:`~lit_pref.rewards.Scorer`'s reward, one round per prompt batch.
 
-    Batches are ``{"prompts": list[str], ...}`` from ``datamodules.PromptDataModule``. Each training step is a
+    Batches are ``{"prompts": list[str], ...}`` from ``lit_pref.datamodules.PromptDataModule``. Each training step is a
     round: K chains per prompt sampled from the policy with every step's log-prob (DDIM, eta > 0, guidance), the
     scorer's reward of each image, advantages from the per-prompt stat tracker, and the clipped PPO update
     (``ppo.inner_epochs`` passes, one optimizer step per ``ppo.minibatch_size`` chains), shared with

@@ -1,4 +1,4 @@
-"""DenseDiscountedDPO: DPO with a dense, temporally discounted reward over the reverse chain (METHODS.md §2)."""
+"""DenseDiscountedDPO: DPO with a dense, temporally discounted reward over the reverse chain (docs/methods.md §2)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class DenseDiscountedDPO(TrajectoryDPO):
             guidance_scale: Classifier-free guidance of sampling and collection (paper: 7.5).
             mode: ``"offline"`` (preference pairs of images) or ``"trajectory"`` (sampled chains).
             scorer: Trajectory mode: the preference source (any ``lit_pref.rewards.Scorer``).
-            trajectory: Trajectory-mode settings (paper defaults in METHODS.md §2).
+            trajectory: Trajectory-mode settings (paper defaults in docs/methods.md §2).
             max_nonfinite_steps: Optimizer steps with a NaN/inf loss that are skipped before training stops.
             seed: Offline mode: seed of the per-pair draws (see TrajectoryDPO); ``None``: the run's
                 ``seed_everything`` seed.

@@ -1,5 +1,5 @@
 """What the policy-gradient methods (DDPO, VCA-PPO) share: chains sampled with log-probs from the policy, and
-the clipped PPO update of the LoRA on them (kvablack/ddpo-pytorch's ``train.py``; METHODS.md §4)."""
+the clipped PPO update of the LoRA on them (kvablack/ddpo-pytorch's ``train.py``; docs/methods.md §4)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from lit_pref.rewards.stat_tracking import PerPromptStatTracker
 
 @dataclass
 class PPOSettings:
-    """The policy-gradient settings (DDPO, kvablack/ddpo-pytorch; METHODS.md §4).
+    """The policy-gradient settings (DDPO, kvablack/ddpo-pytorch; docs/methods.md §4).
 
     Args:
         num_images: K, images sampled per prompt and round.

@@ -1,5 +1,5 @@
 """RewardModel: VCA's "DPO-trained reward model", a head on frozen open_clip features trained on preference pairs
-with the Bradley-Terry loss (METHODS.md §4)."""
+with the Bradley-Terry loss (docs/methods.md §4)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from lit_pref.rewards.reward_model import RewardHead, clip_tokenizer, resolve_cl
 class RewardModel(EmptyBatchGuard, LightningModule):
     """Trains a :class:`~lit_pref.rewards.reward_model.RewardHead` on frozen open_clip image and text embeddings.
 
-    Batches are those of ``datamodules.PreferencePairDataModule`` / ``ToyPreferenceDataModule``: ``images_0``,
+    Batches are those of ``lit_pref.datamodules.PreferencePairDataModule`` / ``ToyPreferenceDataModule``: ``images_0``,
     ``images_1`` in [-1, 1], ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie) and ``captions``. Per pair
     the loss is ``-logsigmoid(beta * (s_w - s_l))``, averaged over the batch; logged as ``train/loss``,
     ``train/accuracy`` (s_w > s_l), ``train/margin``, ``train/ties_dropped`` and ``val/*`` alike.

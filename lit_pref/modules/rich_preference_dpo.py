@@ -1,4 +1,4 @@
-"""RichPreferenceDPO: Diffusion-DPO on pairs curated from critiques and edits (RPO, METHODS.md §3).
+"""RichPreferenceDPO: Diffusion-DPO on pairs curated from critiques and edits (RPO, docs/methods.md §3).
 
 RPO changes the data, not the loss: training is TrajectoryDPO's offline Diffusion-DPO on the pairs that
 ``lit_pref.rpo.PairSynthesizer`` writes. Offline, the pairs come from ``python -m lit_pref synthesize-pairs`` and any
@@ -14,7 +14,7 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from datamodules.rich_pairs import round_dir
+from lit_pref.datamodules.rich_pairs import round_dir
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss, PairLoss
 from lit_pref.modules.trajectory_dpo import TiesPolicy, TrajectoryDPO
@@ -30,7 +30,7 @@ class RichPreferenceDPO(TrajectoryDPO):
     ``PreferencePairDataModule``; the synthesis arguments below are unused.
 
     Iterative (``resynthesize_every = N > 0``): the module writes synthesis rounds under ``pairs_dir`` and
-    ``datamodules.RichPreferenceDataModule`` (same ``pairs_dir``) reads the newest complete round(s) each time the
+    ``lit_pref.datamodules.RichPreferenceDataModule`` (same ``pairs_dir``) reads the newest complete round(s) each time the
     Trainer reloads the training data (``trainer.reload_dataloaders_every_n_epochs`` must divide N). Round 0 is made
     at the start of fit (from the policy as it starts, i.e. the base), round r at the end of epoch ``r * N - 1``
     from the policy as it is then; an interrupted round resumes, a finished one is reused. The data flow one way:

@@ -1,4 +1,4 @@
-"""TrajectoryDPO: Diffusion-DPO on preference pairs, one reward for the whole reverse chain (METHODS.md §1)."""
+"""TrajectoryDPO: Diffusion-DPO on preference pairs, one reward for the whole reverse chain (docs/methods.md §1)."""
 
 from __future__ import annotations
 
@@ -85,20 +85,20 @@ class TrajectoryDPO(LoRAModule):
     Per pair: one timestep and one noise shared by winner and loser; winner and loser go through the
     policy in one forward, and through the reference (adapters disabled, in inference mode) in another; the
     per-sample denoising errors go to the injected ``loss`` (Diffusion-DPO by default). With the
-    ``callbacks.EncodingCache`` callback the batches carry cached VAE posteriors and text embeddings instead of
+    ``lit_pref.callbacks.EncodingCache`` callback the batches carry cached VAE posteriors and text embeddings instead of
     images, and the frozen encoders do not run. In training, a pair's random draws (caption dropping, VAE
     posterior samples, noise, timestep) come from its own generator seeded with ``(seed, epoch, the pair's
     dataset index)`` (batches with ``indices``), so the batch size, gradient accumulation, the number of
     processes and a restart from a checkpoint change none of them.
 
-    Offline mode (``mode="offline"``): batches are those of ``datamodules.PreferencePairDataModule``:
+    Offline mode (``mode="offline"``): batches are those of ``lit_pref.datamodules.PreferencePairDataModule``:
     ``images_0``, ``images_1`` in [-1, 1], ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie),
     ``captions``, and for SDXL ``original_sizes`` and ``crop_top_left``. The timestep is uniform over the
     training timesteps (``timestep_grid="train"``) or drawn with :meth:`step_weights` over the
     ``num_inference_steps`` timesteps of the DDIM schedule (``"inference"``); ``timestep_range`` narrows the
     former to the noisiest timesteps.
 
-    Trajectory mode (``mode="trajectory"``): batches are prompt batches of ``datamodules.PromptDataModule``.
+    Trajectory mode (``mode="trajectory"``): batches are prompt batches of ``lit_pref.datamodules.PromptDataModule``.
     Every ``trajectory.collect_every`` updates the batch's prompts (or ``prompts_per_collection`` prompts of the
     whole set) are sampled from the current policy (DDIM, eta > 0, guidance) with per-step log-probs, scored by
     ``scorer``, and the kept chains go to a FIFO replay buffer; every update draws comparisons from the buffer,

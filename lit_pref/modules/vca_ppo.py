@@ -1,5 +1,5 @@
 """VCAPPO: Visual Co-Adaptation (arXiv 2504.18204), multi-round dialogues with PPO on the LoRA weights
-(METHODS.md §4)."""
+(docs/methods.md §4)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from PIL import Image
 from torch import Tensor
 
-from datamodules.dialogues import Dialogue, Turn
+from lit_pref.datamodules.dialogues import Dialogue, Turn
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules.ppo import PPOModule, PPOSettings
 from lit_pref.rewards import Scorer
@@ -26,7 +26,7 @@ class VCAPPO(PPOModule):
     """Multi-round co-adaptation: each batch of dialogues is played for ``num_rounds`` rounds, with a PPO update
     of the LoRA weights after every round.
 
-    Batches are ``list[Dialogue]`` from ``datamodules.DialogueDataModule``. Two ways to use them:
+    Batches are ``list[Dialogue]`` from ``lit_pref.datamodules.DialogueDataModule``. Two ways to use them:
 
     - **replay** (``users=None``, no simulated user): each recorded dialogue's prompts P_1..P_T (the turns'
       ``prompt`` s, as the refiner produced them for that person; P_1 falls back to ``initial_prompt``, a later

@@ -10,7 +10,7 @@ from torch import Tensor
 
 
 class PerPromptStatTracker:
-    """Advantages ``(R - mean) / (std + 1e-6)`` from a per-prompt buffer of recent rewards (METHODS.md §4).
+    """Advantages ``(R - mean) / (std + 1e-6)`` from a per-prompt buffer of recent rewards (docs/methods.md §4).
 
     The semantics of kvablack/ddpo-pytorch's ``stat_tracking.py``: for each prompt of a batch its rewards are
     first appended to the prompt's FIFO buffer (the last ``buffer_size`` rewards); if the buffer then holds at

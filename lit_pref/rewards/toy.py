@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datamodules.synthetic import BACKGROUNDS, COLOURS, SIZE_RANGES
-from datamodules.toy import parse_caption
+from lit_pref.datamodules.synthetic import BACKGROUNDS, COLOURS, SIZE_RANGES
+from lit_pref.datamodules.toy import parse_caption
 from lit_pref.rewards.base import Scorer
 
 __all__ = ["BradleyTerryLabeller", "Reading", "ToyGroundTruthReward", "ToyJudge"]
@@ -279,7 +279,7 @@ class ToyGroundTruthReward(Scorer):
     ``score = colour_weight * colour_match + shape_weight * shape_match +
     size_weight * size_match + background_weight * background_match +
     taste_weight * centredness``, where the matches (0 or 1) compare the
-    :class:`ToyJudge` reading with :func:`~datamodules.toy.parse_caption` of
+    :class:`ToyJudge` reading with :func:`~lit_pref.datamodules.toy.parse_caption` of
     the prompt (an unparsable prompt matches nothing), and ``centredness = 1 -
     |centroid - image centre| / half-diagonal`` in ``[0, 1]`` (0 when no shape
     is found). Positions are uniform in the pre-training data, so the taste

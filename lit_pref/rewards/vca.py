@@ -1,5 +1,5 @@
 """VCA-style rewards of Visual Co-Adaptation (arXiv 2504.18204): diversity, consistency, mutual information,
-preference, and the round-dependent weighting of their total (METHODS.md §4).
+preference, and the round-dependent weighting of their total (docs/methods.md §4).
 
 The paper names the three terms and a dynamic weighting but its exact formulas were not available; these are
 the framework's documented "VCA-style" definitions. Every term is computed per image, on L2-normalised open_clip

@@ -1,4 +1,4 @@
-"""Win rate of A over B with a bootstrap confidence interval over prompts (METHODS.md §5)."""
+"""Win rate of A over B with a bootstrap confidence interval over prompts (docs/methods.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rich Preference Optimization's data side: critique, edit, relabel and curate preference pairs (METHODS.md §3)."""
+"""Rich Preference Optimization's data side: critique, edit, relabel and curate preference pairs (docs/methods.md §3)."""
 
 from lit_pref.rpo.chain import EditorChain
 from lit_pref.rpo.controlnet import CannyEdges, ConditionExtractor, ControlNetEditor, DepthMap

@@ -1,10 +1,10 @@
-"""PairSynthesizer: rich preference pairs from critique and edit (RPO, METHODS.md §3).
+"""PairSynthesizer: rich preference pairs from critique and edit (RPO, docs/methods.md §3).
 
 For each item (a prompt and a seed): sample an image from the policy or the base, critique it, edit it following
 the critique's instructions, score original and edit with a scorer, and keep the pair (winner = edit, loser =
 original) when the edit gains more than ``margin``; with ``relabel="two_sided"`` an edit that loses more than
 ``margin`` is kept too, with the original as the winner. Kept pairs are written as Pick-a-Pic-style parquet shards that
-``datamodules.PreferencePairDataModule`` reads as they are.
+``lit_pref.datamodules.PreferencePairDataModule`` reads as they are.
 
 Output folder::
 
@@ -43,8 +43,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from datamodules.generated import PAIR_SCHEMA
-from datamodules.rich_pairs import STATS_FILE
+from lit_pref.datamodules.generated import PAIR_SCHEMA
+from lit_pref.datamodules.rich_pairs import STATS_FILE
 from lit_pref.io import atomic_file
 from lit_pref.rewards.base import Scorer
 from lit_pref.rpo.critic import Critic
@@ -398,14 +398,14 @@ class PairSynthesizer:
 
 def resolve_prompts(prompts: Sequence[str] | str) -> list[str]:
     """A prompt list as given, or read from a prompt file (``.txt``, ``.jsonl``, ``.parquet`` with a ``caption``
-    column; see ``datamodules.prompts.read_prompts``), or ``"toy:train"`` / ``"toy:heldout"`` / ``"toy:all"`` for
+    column; see ``lit_pref.datamodules.prompts.read_prompts``), or ``"toy:train"`` / ``"toy:heldout"`` / ``"toy:all"`` for
     the toy world's caption lists."""
     if not isinstance(prompts, str):
         return list(prompts)
     if prompts.startswith("toy:"):
-        from datamodules.toy import prompts as toy_prompts
+        from lit_pref.datamodules.toy import prompts as toy_prompts
 
         return toy_prompts(prompts.removeprefix("toy:"))
-    from datamodules.prompts import read_prompts
+    from lit_pref.datamodules.prompts import read_prompts
 
     return read_prompts(prompts)

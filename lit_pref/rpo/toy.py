@@ -19,8 +19,8 @@ import re
 import torch
 from torch import Tensor
 
-from datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES, SIZE_RANGES, draw_shape
-from datamodules.toy import SIZES, parse_caption
+from lit_pref.datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES, SIZE_RANGES, draw_shape
+from lit_pref.datamodules.toy import SIZES, parse_caption
 from lit_pref.rewards.toy import ToyJudge
 from lit_pref.rpo.critic import Box, Critic, Critique
 from lit_pref.rpo.editor import Editor

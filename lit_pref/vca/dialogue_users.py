@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from datamodules.dialogues import Dialogue
-from datamodules.toy import parse_caption
+from lit_pref.datamodules.dialogues import Dialogue
+from lit_pref.datamodules.toy import parse_caption
 from lit_pref.rewards.base import Scorer
 from lit_pref.vca.refiner import CausalLMRefiner, PromptRefiner, TemplateRefiner
 from lit_pref.vca.user import SimulatedUser, ToySimulatedUser

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES
-from datamodules.toy import SIZES
+from lit_pref.datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES
+from lit_pref.datamodules.toy import SIZES
 from lit_pref.vca.refiner import PromptRefiner, TemplateRefiner
 
 

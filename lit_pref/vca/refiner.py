@@ -11,10 +11,10 @@ from abc import ABC, abstractmethod
 from dataclasses import replace
 from typing import Literal, Sequence
 
-from datamodules.dialogues import Turn
-from datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES
-from datamodules.toy import SIZES, parse_caption
-from datamodules.toy import caption as toy_caption
+from lit_pref.datamodules.dialogues import Turn
+from lit_pref.datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES
+from lit_pref.datamodules.toy import SIZES, parse_caption
+from lit_pref.datamodules.toy import caption as toy_caption
 
 __all__ = ["CausalLMRefiner", "PromptRefiner", "TemplateRefiner", "toy_edits"]
 
@@ -69,7 +69,7 @@ class PromptRefiner(ABC):
 class TemplateRefiner(PromptRefiner):
     """Deterministic refiner (the default): edits toy captions, otherwise appends the feedback as a clause.
 
-    1. When ``prompt`` is a toy caption (:func:`datamodules.toy.parse_caption`) and ``feedback`` consists of toy
+    1. When ``prompt`` is a toy caption (:func:`lit_pref.datamodules.toy.parse_caption`) and ``feedback`` consists of toy
        phrases only (:func:`toy_edits`: ``"make it green"``, ``"make it large"``, ``"make the shape a triangle"``,
        ``"use a black background"``, ``"move it to the centre"``, ``"perfect"``, joined by commas or "and"), the
        caption is rewritten with the requested colour, size, shape and background. Position and "perfect" leave it

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from datamodules.dialogues import Dialogue, Turn
-from datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES, random_placement
-from datamodules.toy import SIZES, Caption, Scene, parse_caption, render
-from datamodules.toy import caption as toy_caption
-from datamodules.toy import prompts as toy_prompts
+from lit_pref.datamodules.dialogues import Dialogue, Turn
+from lit_pref.datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES, random_placement
+from lit_pref.datamodules.toy import SIZES, Caption, Scene, parse_caption, render
+from lit_pref.datamodules.toy import caption as toy_caption
+from lit_pref.datamodules.toy import prompts as toy_prompts
 from lit_pref.io import atomic_dir, atomic_file
 from lit_pref.rewards.toy import ToyGroundTruthReward, ToyJudge
 from lit_pref.vca.refiner import PromptRefiner, TemplateRefiner
@@ -207,7 +207,7 @@ def make_toy_dialogues(
 
     Dialogue ``i`` starts from :func:`toy_start` (a hidden target; an initial prompt differing from it in
     ``1..max_changes`` attributes) and is played by :func:`play_dialogue` on ``num_images`` toy images of each
-    prompt (:func:`datamodules.toy.render`, random positions) with the refiner (default :class:`TemplateRefiner`):
+    prompt (:func:`lit_pref.datamodules.toy.render`, random positions) with the refiner (default :class:`TemplateRefiner`):
     it ends after the round whose chosen image satisfies the user (feedback ``"perfect"``) or after ``rounds``
     rounds. Each turn records ``prompt``, ``user_feedback`` and ``satisfaction``
     (:meth:`ToySimulatedUser.satisfaction`), and with ``save_images`` also ``images`` (PNG files in the folder
