@@ -160,4 +160,4 @@ def test_win_rate_panels_draw_the_50_percent_line_and_a_single_run_is_named_by_i
     width = compare.PANEL_SIZE[0]
     dashes = [sum(1 for x in range(k * width, (k + 1) * width) for y in range(compare.PANEL_SIZE[1])
                   if image.getpixel((x, y)) == (90, 90, 90)) for k in range(2)]
-    assert dashes[0] == 0 and dashes[1] > 100, dashes
+    assert dashes[0] < 10 and dashes[1] > 100, dashes  # a text pixel may share the grey; the dashes are many
