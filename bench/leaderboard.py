@@ -7,9 +7,10 @@ training seeds, judged by the hidden human on the held-out prompts.
 
 Each run trains one recipe with ``seed_everything`` = the seed (no logger, no callbacks: the recipe's own
 evaluations are not part of the budget) for the recipe's own length (the toy recipes are sized to 10 minutes of
-2-core CPU; ``--minutes`` also stops a run after that much wall time, ``trainer.max_time``), then judged as ``bench/alignment.py`` judges: the 12 held-out
-prompts x ``--samples`` seeds, the same initial noise for policy and base. One JSON line per run goes to
-``--out`` (appended; re-running skips the runs already there), and the table is printed at the end:
+2-core CPU; ``--minutes`` also stops a run after that much wall time, ``trainer.max_time``), then judged as
+``bench/alignment.py`` judges: the 12 held-out prompts x ``--samples`` seeds, the same initial noise for policy and
+base. One JSON line per run goes to ``--out`` (appended; re-running skips the runs already there), and the table is
+printed at the end:
 method, win rate mean and range over seeds, the 95% bootstrap interval of the pooled pairs (prompts resampled),
 the mean change of each hidden-reward term, and training minutes, wall and CPU (process time, all threads; data
 generation included). On a shared machine the CPU minutes of a 1-thread run (``OMP_NUM_THREADS=1``) are the
@@ -115,7 +116,8 @@ def main() -> None:
             for seed in args.seeds:
                 if any(r["label"] == label and r["seed"] == seed for r in records):
                     continue
-                record = {"label": label, **train_and_judge(config, seed, None if args.minutes is None else args.minutes * 60, args.samples, overrides)}
+                seconds = None if args.minutes is None else args.minutes * 60
+                record = {"label": label, **train_and_judge(config, seed, seconds, args.samples, overrides)}
                 with out.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 records.append(record)

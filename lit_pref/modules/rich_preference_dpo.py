@@ -97,7 +97,8 @@ class RichPreferenceDPO(TrajectoryDPO):
         super().__init__(backbone, loss=loss, optimizer=optimizer, scheduler=scheduler, ties=ties,
                          proportion_empty_prompts=proportion_empty_prompts, val_seed=val_seed,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, mode="offline",
-                         timestep_grid=timestep_grid, timestep_range=timestep_range, max_nonfinite_steps=max_nonfinite_steps, seed=seed)
+                         timestep_grid=timestep_grid, timestep_range=timestep_range,
+                         max_nonfinite_steps=max_nonfinite_steps, seed=seed)
         if resynthesize_every < 0:
             raise ValueError(f"resynthesize_every must be >= 0, got {resynthesize_every}")
         if resynthesize_every > 0:
