@@ -65,7 +65,7 @@ class _Evaluation(Callback):
         self.grid_indices = sorted(range(len(self.texts)), key=lambda i: (i % n, i // n))[:grid_images]
         self._last_step: int | None = None
 
-    def sample_and_score(self, pl_module: LightningModule, desc: str) -> tuple[dict[str, Tensor], Tensor]:
+    def sample_and_score(self, pl_module: LightningModule, desc: str = "evaluation") -> tuple[dict[str, Tensor], Tensor]:
         """Scores (name -> (N,) on the CPU) of every (prompt, repeat) and the grid's images in grid order; image i
         always starts from the noise of seed + i. Sampled in eval mode (no LoRA dropout), also during training, and
         ``batch_size`` images at a time. A progress bar (``desc``) counts the images when the Trainer shows one."""

@@ -36,9 +36,16 @@ def verdict(low: float, high: float) -> str:
     return "the interval holds 50%: no difference shown"
 
 
-def summary(trainer: Trainer, seconds: float | None = None) -> str:
+def summary(trainer: Trainer, seconds: float | None = None, run: str | None = None) -> str:
     """The end-of-run text: steps (and time), the last win rate of every :class:`~lit_pref.callbacks.WinRate` scorer with its
-    interval and counts, the run folder with its LoRA and last checkpoint, and the commands to view and compare."""
+    interval and counts, the run folder with its LoRA and last checkpoint, and the commands to view and compare.
+
+    Args:
+        trainer: The trainer whose fit ended.
+        seconds: The fit's wall time, if known.
+        run: The run folder; ``None``: ``trainer.log_dir`` (a collective in a distributed run: there, read it on
+            every process and pass it in).
+    """
     lines = [f"Finished fit: {trainer.global_step} steps" + (f" in {seconds / 60:.1f} min" if seconds else "") + "."]
     for callback in trainer.callbacks:
         if isinstance(callback, WinRate):
@@ -46,7 +53,7 @@ def summary(trainer: Trainer, seconds: float | None = None) -> str:
                 lines.append(f"Win rate vs base ({name}): {r.rate:.1%}, 95% interval [{r.low:.1%}, {r.high:.1%}] on "
                              f"{r.n} pairs at step {callback.results_step} ({r.wins} wins, {r.ties} ties, "
                              f"{r.losses} losses): {verdict(r.low, r.high)}.")
-    run = trainer.log_dir
+    run = trainer.log_dir if run is None else run
     if run:
         lines.append(f"Run folder: {shown_path(run)}")
         for name in ("lora", "lora_best"):
@@ -72,6 +79,7 @@ class RunSummary(Callback):
         self._start = time.monotonic()
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        run = trainer.log_dir  # on every process: in a distributed run it is a broadcast from rank 0
         if trainer.is_global_zero:
             seconds = time.monotonic() - self._start if self._start is not None else None
-            print("\n" + summary(trainer, seconds), flush=True)
+            print("\n" + summary(trainer, seconds, run), flush=True)

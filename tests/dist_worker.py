@@ -82,11 +82,11 @@ class StepRecorder(Callback):
 
 def fit_args(run: Path, data: Path, *, steps: int = STEPS, batch_size: int = GLOBAL_BATCH, devices: int = 1,
              strategy: str | None = None, extra: list[str] = ()) -> list[str]:
-    """``LitPrefCLI(run=False)`` arguments (``lit_pref fit`` without the word ``fit``): the demo's method config on the tiny backbone and 16-pixel synthetic pairs,
+    """``LitPrefCLI(run=False)`` arguments (``lit_pref fit`` without the word ``fit``): the toy TrajectoryDPO recipe on the tiny backbone and 16-pixel synthetic pairs,
     then ``strategy`` (a ``configs/strategy`` file name), CPU, the step recorder and a LoRA export into ``run``."""
     callbacks = [{"class_path": "lit_pref.callbacks.LoRAExport", "init_args": {"dirpath": str(run)}},
                  {"class_path": "dist_worker.StepRecorder", "init_args": {"path": str(run)}}]
-    args = ["--config", str(REPO / "configs" / "demo.yaml")]
+    args = ["--config", str(REPO / "configs" / "toy" / "trajectory_dpo.yaml")]
     if strategy:
         args += ["--config", str(REPO / "configs" / "strategy" / f"{strategy}.yaml")]
     return args + [

@@ -40,11 +40,12 @@ def demo_args(tmp: Path, steps: int) -> list[str]:
     return [
         "--config", "configs/demo.yaml",
         "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", str(max(steps // 2, 1)),
+        "--trainer.val_check_interval", str(steps),  # one validation (and win-rate evaluation), at the end
         "--trainer.log_every_n_steps", "1",
         "--trainer.logger.init_args.save_dir", str(tmp / "runs"),
         "--data.init_args.data_dir", str(tmp / "data"),
         "--data.init_args.num_pairs", "16", "--data.init_args.num_val_pairs", "4",
+        "--data.init_args.candidates_per_pair", "2",  # two samples a pair: the test checks the run, not the pairs
     ]
 
 

@@ -74,4 +74,6 @@ def test_evaluation_samples_do_not_depend_on_the_batch_size():
                           optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
     one, three = (RewardMetrics({"brightness": Brightness()}, PROMPTS, num_images_per_prompt=2, num_inference_steps=2,
                                 batch_size=size) for size in (1, 3))
-    torch.testing.assert_close(one.sample(model), three.sample(model), atol=1e-5, rtol=0)
+    (scores_1, grid_1), (scores_3, grid_3) = one.sample_and_score(model), three.sample_and_score(model)
+    torch.testing.assert_close(grid_1, grid_3, atol=1e-5, rtol=0)  # the grid holds every sample here
+    torch.testing.assert_close(scores_1["brightness"], scores_3["brightness"], atol=1e-5, rtol=0)
