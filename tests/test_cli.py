@@ -139,7 +139,9 @@ def test_test_subcommand_scores_held_out_pairs_with_the_checkpoint_lora(demo_run
 
 def test_user_loss_from_own_module_trains_the_lora(tmp_path, run_cli):
     """``--model.loss my_module.MyLoss`` with the loss in a user's file (this test file) on PYTHONPATH."""
+    export_only = json.dumps([{"class_path": "lit_pref.callbacks.LoRAExport"}])  # no evaluation: the loss is the point
     run_cli("fit", *demo_args(tmp_path, 3), "--model.loss", "test_cli.GapLoss", "--model.loss.scale", "2.0",
+            "--trainer.callbacks", export_only, "--trainer.limit_val_batches", "0",
             env={"PYTHONPATH": str(Path(__file__).parent)})
     run = tmp_path / "runs" / "demo" / "version_0"
     config = (run / "config.yaml").read_text()
