@@ -33,7 +33,7 @@ from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules import RewardModel
 from lit_pref.rewards import RewardModelScorer
 from lit_pref.vca import TemplateRefiner, ToySimulatedUser, make_toy_dialogues, play_dialogue, toy_start
-from lit_pref.vca.interact import to_pil
+from lit_pref.vca.studio import to_pil
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -18,7 +18,8 @@ from conftest import REPO
 from lit_pref.datamodules import DialogueDataModule, read_dialogues
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.vca import TemplateRefiner
-from lit_pref.vca.interact import main, make_server, parse_args, studio_from_args
+from lit_pref.vca.interact import main, parse_args, studio_from_args
+from lit_pref.vca.server import make_server
 
 RED = "a small red circle on a white background"
 GREEN = "a small green circle on a white background"

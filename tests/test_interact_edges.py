@@ -10,7 +10,8 @@ import json
 import pytest
 
 from lit_pref.datamodules import read_dialogues
-from lit_pref.vca.interact import RequestError, main, parse_args, studio_from_args
+from lit_pref.vca.interact import main, parse_args, studio_from_args
+from lit_pref.vca.studio import RequestError
 from test_interact import FAST, RED, _request, server  # noqa: F401 - the fixture
 
 

@@ -51,7 +51,7 @@ def test_adaptation_lowers_the_chosen_images_error_against_the_unchosen_and_rese
 def test_adapting_web_session_reports_updates_and_saves_a_lora_stock_diffusers_loads(tmp_path):
     import threading
 
-    from lit_pref.vca.interact import make_server
+    from lit_pref.vca.server import make_server
 
     cfg = parse_args([*FAST, "--output", str(tmp_path / "d.jsonl"), "--port", "0", "--num_images", "2",
                       "--adapt", "true", "--adapt_updates", "2"])

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from browser import CHROMIUM, Browser
-from lit_pref.vca.interact import make_server, parse_args, studio_from_args
+from lit_pref.vca.interact import parse_args, studio_from_args
+from lit_pref.vca.server import make_server
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install -y chromium)")
 
