@@ -20,7 +20,6 @@ Image order: the ``j``-th pair of a file puts the chosen image first (``label_0 
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import os
@@ -33,6 +32,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from lit_pref.commands import function_parser
 
 from .dialogues import Dialogue, read_dialogues
 from .preference_pairs import _resize_shorter, _to_tensor, collate_pairs
@@ -161,6 +162,10 @@ def export_pairs(path: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[i
     """Writes the pairs of a dialogue file to ``out_dir/part-0000000.parquet`` (Pick-a-Pic columns ``caption``,
     ``jpg_0``, ``jpg_1`` (PNG bytes), ``label_0``, plus ``satisfaction``, ``dialogue_id``, ``round``).
 
+    Args:
+        path: The dialogue JSONL file.
+        out_dir: The output folder (gets part-0000000.parquet).
+
     Returns:
         ``(pairs written, rounds without pairs)``.
 
@@ -191,12 +196,10 @@ def export_pairs(path: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[i
 
 
 def main(argv: list[str]) -> None:
-    """``python -m lit_pref dialogues-to-pairs IN.jsonl OUT_DIR``"""
-    parser = argparse.ArgumentParser(prog="python -m lit_pref dialogues-to-pairs",
-                                     description="Write a dialogue file's preference pairs as Pick-a-Pic parquet.")
-    parser.add_argument("dialogues", help="dialogue JSONL file")
-    parser.add_argument("out_dir", help="output folder (gets part-0000000.parquet)")
-    args = parser.parse_args(argv)
-    written, without = export_pairs(args.dialogues, args.out_dir)
-    print(f"{written} pairs written to {Path(args.out_dir) / 'part-0000000.parquet'}; "
+    """``python -m lit_pref dialogues-to-pairs IN.jsonl OUT_DIR``: :func:`export_pairs`, then what it wrote."""
+    parser = function_parser(export_pairs, "dialogues-to-pairs", "Write a dialogue file's preference pairs as "
+                             "Pick-a-Pic parquet.", positional=True)
+    config = parser.parse_args(argv)
+    written, without = export_pairs(config.path, config.out_dir)
+    print(f"{written} pairs written to {Path(config.out_dir) / 'part-0000000.parquet'}; "
           f"{ROUNDS_WITHOUT_PAIRS} = {without}")

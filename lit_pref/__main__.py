@@ -1,8 +1,11 @@
 """``python -m lit_pref <subcommand> ...`` (also installed as ``lit-pref``).
 
-``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI; the other subcommands are listed in
-``SUBCOMMANDS``, each the ``main(argv)`` of its own module. ``--threads N`` (anywhere on the line) sets PyTorch's
-CPU threads; the default is ``OMP_NUM_THREADS`` when set, else the cores not busy with other work
+Every subcommand is a row of ``SUBCOMMANDS``: the function that runs it (``module:function``, called with the words
+after the subcommand) and its line of the top-level ``--help``. The modules are imported only when their subcommand
+runs (``importlib``), so ``--help`` and a light subcommand do not load Lightning and diffusers. Every subcommand is
+parsed by jsonargparse from typed signatures (:mod:`lit_pref.commands`; ``fit``, ``validate``, ``test`` and
+``predict`` by LightningCLI) and takes ``--config`` and ``--help``. ``--threads N`` (anywhere on the line) sets
+PyTorch's CPU threads; the default is ``OMP_NUM_THREADS`` when set, else the cores not busy with other work
 (:func:`lit_pref.threads.free_cores`).
 """
 
@@ -10,42 +13,50 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NamedTuple
 
-PROG = "python -m lit_pref"
+from lit_pref.commands import PROG
+from lit_pref.threads import set_threads
 
-# subcommand -> module whose ``main(argv: list[str]) -> None`` runs it
-SUBCOMMANDS: dict[str, str] = {
-    "compare": "lit_pref.compare",
-    "evaluate": "lit_pref.evaluate",
-    "synthesize-pairs": "lit_pref.rpo.cli",
-    "interact": "lit_pref.vca.interact",
-    "dialogues-to-pairs": "lit_pref.datamodules.dialogue_pairs",
-}
 
-# One line per subcommand for ``--help`` (a subcommand missing here shows its module docstring's first line).
-SUMMARIES: dict[str, str] = {
-    "fit": "train a model: fit --config configs/demo.yaml (any method, data module and callbacks by class name)",
-    "validate": "run the validation set on a model or checkpoint (--ckpt_path)",
-    "test": "score held-out pairs with a checkpoint (test/loss, test/implicit_acc)",
-    "predict": "generate images for a prompt file with a checkpoint (lit_pref.callbacks.ImageWriter writes them)",
-    "compare": "the evaluation metrics of runs side by side: a Markdown table and a PNG of the curves",
-    "synthesize-pairs": "RichPreferenceDPO's pairs: sample, critique, edit and relabel (resumable)",
-    "interact": "a local web page to pick images and give feedback to a model, turn by turn (VCA)",
+class Subcommand(NamedTuple):
+    """A subcommand: ``target`` (``"module:function"``, the function taking the words after the subcommand) and the
+    one-line ``summary`` of the top-level ``--help``."""
+
+    target: str
+    summary: str
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "fit": Subcommand("lit_pref.cli:fit", "train a model: fit --config configs/demo.yaml (any method, data module "
+                      "and callbacks by class name)"),
+    "validate": Subcommand("lit_pref.cli:validate", "run the validation set on a model or checkpoint (--ckpt_path)"),
+    "test": Subcommand("lit_pref.cli:test", "score held-out pairs with a checkpoint (test/loss, test/implicit_acc)"),
+    "predict": Subcommand("lit_pref.cli:predict", "generate images for a prompt file with a checkpoint "
+                          "(lit_pref.callbacks.ImageWriter writes them)"),
+    "evaluate": Subcommand("lit_pref.evaluate:main", "score a model (and its LoRA) on a benchmark prompt suite: "
+                           "tables, scores and a grid"),
+    "compare": Subcommand("lit_pref.compare:main", "the evaluation metrics of runs side by side: a Markdown table "
+                          "and a PNG of the curves"),
+    "synthesize-pairs": Subcommand("lit_pref.rpo.cli:main", "RichPreferenceDPO's pairs: sample, critique, edit "
+                                   "and relabel (resumable)"),
+    "interact": Subcommand("lit_pref.vca.interact:main", "a local web page to pick images and give feedback to a "
+                           "model, turn by turn (VCA)"),
+    "dialogues-to-pairs": Subcommand("lit_pref.datamodules.dialogue_pairs:main", "a dialogue file's choices as "
+                                     "preference pairs (a Pick-a-Pic parquet shard)"),
+    "make-toy-dialogues": Subcommand("lit_pref.vca.user:main", "toy dialogues played between a simulated user and "
+                                     "the refiner, as a dialogue JSONL file"),
 }
 
 
 def usage() -> str:
     """The top-level help: every subcommand with one line."""
-    names = ["fit", "validate", "test", "predict", *SUBCOMMANDS]
-    width = max(map(len, names)) + 2
+    width = max(map(len, SUBCOMMANDS)) + 2
     lines = [f"usage: {PROG} [--threads N] SUBCOMMAND [options]", "", "subcommands:"]
-    for name in names:
-        summary = SUMMARIES.get(name)
-        if summary is None:
-            summary = (importlib.import_module(SUBCOMMANDS[name]).__doc__ or "").strip().splitlines()[0]
-        lines.append(f"  {name:<{width}}{summary}")
+    lines += [f"  {name:<{width}}{subcommand.summary}" for name, subcommand in SUBCOMMANDS.items()]
     lines += ["", "options:", f"  {'--threads N':<{width}}PyTorch CPU threads (default: OMP_NUM_THREADS if set, else the "
-              "cores not busy with other work)", "", f"Run `{PROG} SUBCOMMAND --help` for a subcommand's options."]
+              "cores not busy with other work)", "", f"Run `{PROG} SUBCOMMAND --help` for a subcommand's options; "
+              "every subcommand takes --config FILE.yaml."]
     return "\n".join(lines)
 
 
@@ -62,23 +73,19 @@ def pop_threads(words: list[str]) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: an extra subcommand of ``SUBCOMMANDS``, else LightningCLI."""
+    """Entry point: runs the subcommand named by the first word (``sys.argv[1:]`` when ``argv`` is None)."""
     words = sys.argv[1:] if argv is None else list(argv)
     threads = pop_threads(words)
     if not words or words[0] in ("-h", "--help"):
         print(usage())
         raise SystemExit(0 if words else 2)
-    from lit_pref.threads import set_threads
-
+    if words[0] not in SUBCOMMANDS:
+        raise SystemExit(f"{PROG}: error: unknown subcommand {words[0]!r}; `{PROG} --help` lists them")
     set_threads(threads)
-    if words[0] in SUBCOMMANDS:
-        importlib.import_module(SUBCOMMANDS[words[0]]).main(words[1:])
-        return
-    from lit_pref.cli import LitPrefCLI
-
     if argv is None:
-        sys.argv[1:] = words  # without --threads; LightningCLI reads sys.argv itself
-    LitPrefCLI(args=None if argv is None else words)
+        sys.argv[1:] = words  # without --threads: LightningCLI and the processes it launches read sys.argv
+    module, _, function = SUBCOMMANDS[words[0]].target.partition(":")
+    getattr(importlib.import_module(module), function)(words[1:])
 
 
 if __name__ == "__main__":

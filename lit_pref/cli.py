@@ -1,4 +1,5 @@
-"""The command line: LightningCLI for fit / validate / test / predict."""
+"""The command line of ``fit``, ``validate``, ``test`` and ``predict``: LightningCLI (jsonargparse), with the errors
+of every other subcommand (:mod:`lit_pref.commands`)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import lit_pref.modules.pretrain
 from lit_pref.callbacks.run_summary import RunSummary
 from lit_pref.callbacks.tensorboard_layout import TensorBoardLayout
 from lit_pref.checkpointing import AtomicCheckpointIO, FinalLastCheckpoint
+from lit_pref.commands import PROG, exit_with_error
 
-PROG = "python -m lit_pref"
 # ckpt_path values Lightning resolves itself (not files)
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
@@ -42,16 +43,18 @@ def fit_description() -> str:
 
 
 class LitPrefArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser; a parse error prints its message first and one line pointing to ``--help``, not the
-    whole usage."""
+    """LightningCLI's parser; a parse error prints one line (the key, the value and why; a class path that cannot
+    be imported names both) and a pointer to ``--help``, not the whole usage. Parsers it makes for
+    ``--model.help NAME`` are named ``python -m lit_pref`` too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("prog", PROG)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        sys.stderr.write(f"error: {message.strip()}\n(`{parser.prog.replace(' [options]', '')} --help` lists the "
-                         f"options)\n")
-        self.exit(2)
+        exit_with_error(getattr(ex, "subcommand_parser", None) or self, message)
 
 
 class LitPrefCLI(LightningCLI):
@@ -110,3 +113,30 @@ def missing_paths(config: Namespace) -> list[tuple[str, str]]:
     if isinstance(ckpt, str) and ckpt not in SPECIAL_CKPT_PATHS and not ckpt.startswith("registry:"):
         found.append(("ckpt_path", ckpt))
     return [(key, value) for key, value in found if "://" not in value and not Path(value).exists()]
+
+
+def _run(subcommand: str, argv: list[str]) -> None:
+    """``LitPrefCLI`` on ``subcommand`` and ``argv``; from the command line (``sys.argv`` holds these words) it reads
+    ``sys.argv`` itself, since LightningCLI warns when given both."""
+    words = [subcommand, *argv]
+    LitPrefCLI(args=None if sys.argv[1:] == words else words)
+
+
+def fit(argv: list[str]) -> None:
+    """``python -m lit_pref fit ...``: train (LightningCLI's ``fit``)."""
+    _run("fit", argv)
+
+
+def validate(argv: list[str]) -> None:
+    """``python -m lit_pref validate ...``: LightningCLI's ``validate``."""
+    _run("validate", argv)
+
+
+def test(argv: list[str]) -> None:
+    """``python -m lit_pref test ...``: LightningCLI's ``test``."""
+    _run("test", argv)
+
+
+def predict(argv: list[str]) -> None:
+    """``python -m lit_pref predict ...``: LightningCLI's ``predict``."""
+    _run("predict", argv)

@@ -3,7 +3,8 @@
 Reads the TensorBoard event files of each run and
 
 - prints a Markdown table with the final and the best value of every scalar whose tag starts with one of
-  ``--tag-prefix`` (default ``eval/`` and ``val/``), and the step of each; one row a (metric, run), ``–`` where
+  ``--tag_prefixes`` (default ``eval/`` and ``val/``; ``--tag_prefixes+ eval/`` adds one, ``--tag_prefixes [eval/]``
+  sets the list), and the step of each; one row a (metric, run), ``–`` where
   a run did not log the metric;
 - writes a PNG (``--out``, default ``comparison.png``) with one panel a metric and one line a run.
 
@@ -31,7 +32,6 @@ The figure is drawn with PIL: panels of ``PANEL_SIZE`` pixels, ``COLUMNS`` to a 
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -42,6 +42,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lit_pref.commands import function_parser
 from lit_pref.io import atomic_file
 
 PANEL_SIZE = (420, 300)
@@ -291,24 +292,30 @@ def draw_figure(runs: Sequence[Run], prefixes: Sequence[str]) -> Image.Image:
     return image.convert("RGB")
 
 
-def main(argv: list[str]) -> None:
-    """``compare RUN_DIR [RUN_DIR ...] [--out comparison.png] [--tag-prefix eval/ --tag-prefix val/]``."""
-    parser = argparse.ArgumentParser(prog="python -m lit_pref compare", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                        help="a run's folder (holding events.out.tfevents.*) or a folder with runs below it")
-    parser.add_argument("--out", default="comparison.png", help="PNG with the curves (default: comparison.png)")
-    parser.add_argument("--tag-prefix", action="append", dest="prefixes", metavar="PREFIX",
-                        help="compare scalars whose tag starts with this; repeat for several (default: eval/ val/)")
-    args = parser.parse_args(argv)
-    prefixes = args.prefixes or ["eval/", "val/"]
-    try:
-        runs = load_runs(args.run_dirs, prefixes)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"lit_pref compare: {error}") from None
+def compare(run_dirs: list[str], out: str = "comparison.png", tag_prefixes: list[str] | None = None) -> None:
+    """Prints the Markdown table of ``run_dirs`` and writes the figure to ``out``.
+
+    Args:
+        run_dirs: A run's folder (holding events.out.tfevents.*) or a folder with runs below it; several.
+        out: PNG with the curves.
+        tag_prefixes: Compare scalars whose tag starts with one of these (None: eval/ and val/).
+    """
+    prefixes = tag_prefixes or ["eval/", "val/"]
+    runs = load_runs(run_dirs, prefixes)
     print(markdown_table(runs, prefixes))
     figure = draw_figure(runs, prefixes)
-    with atomic_file(args.out) as tmp:
+    with atomic_file(out) as tmp:
         figure.save(tmp, format="PNG")
-    print(f"wrote {args.out} ({len(panels(runs, prefixes))} panels, {len(runs)} runs)", file=sys.stderr)
+    print(f"wrote {out} ({len(panels(runs, prefixes))} panels, {len(runs)} runs)", file=sys.stderr)
+
+
+def main(argv: list[str]) -> None:
+    """``compare RUN_DIR [RUN_DIR ...] [--out comparison.png] [--tag_prefixes+ eval/]``: :func:`compare`."""
+    parser = function_parser(compare, "compare", __doc__.split("\n\n")[0], skip={"run_dirs"})
+    parser.add_argument("run_dirs", type=str, nargs="+", metavar="RUN_DIR",
+                        help="A run's folder (holding events.out.tfevents.*) or a folder with runs below it.")
+    config = parser.parse_args(argv)
+    try:
+        compare(config.run_dirs, config.out, config.tag_prefixes)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"lit_pref compare: {error}") from None

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import Namespace
 from PIL import Image
 from torchvision.utils import save_image
 from tqdm import tqdm
@@ -37,6 +37,7 @@ from tqdm import tqdm
 from lit_pref.callbacks.sample_grid import captioned_grid
 from lit_pref.backbone import DiffusionBackbone, lora_config
 from lit_pref.checkpointing import trainable_state_dict
+from lit_pref.commands import SubcommandParser, function_parser
 from lit_pref.io import atomic_file
 from lit_pref.rewards import HPSv2, Scorer, win_rate
 from lit_pref.sampling import sample_and_score
@@ -290,15 +291,12 @@ def _write_grid(out: Path, rows: list[dict[str, Any]], grid: list[int], scorers:
     _save_png(captioned_grid(torch.stack(images), captions, nrow=4), out / "grid.png")
 
 
-def build_parser() -> ArgumentParser:
+def build_parser() -> SubcommandParser:
     """The ``evaluate`` parser: the arguments of :func:`run` (jsonargparse, from its signature) and ``--config``."""
-    parser = ArgumentParser(prog="python -m lit_pref evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file with any of the options below.")
-    parser.add_function_arguments(run, fail_untyped=True)
-    return parser
+    return function_parser(run, "evaluate", __doc__.split("\n\n")[0])
 
 
-def parse(argv: list[str]) -> tuple[ArgumentParser, Namespace]:
+def parse(argv: list[str]) -> tuple[SubcommandParser, Namespace]:
     """Parsed arguments, with the backbone's adapters set to the LoRA folder's rank and targets when one is given."""
     parser = build_parser()
     cfg = parser.parse_args(argv)
@@ -311,7 +309,7 @@ def parse(argv: list[str]) -> tuple[ArgumentParser, Namespace]:
 def main(argv: list[str]) -> None:
     """``python -m lit_pref evaluate --config eval.yaml [--output_dir ...]``; prints the summary tables."""
     parser, cfg = parse(argv)
-    objects = parser.instantiate_classes(cfg)
+    objects = parser.instantiate(cfg)
     kwargs = {k: v for k, v in vars(objects).items() if k != "config"}
     summary = run(**kwargs)
     print(markdown(summary, objects.scorers, summary["vs_base"]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from argparse import Namespace
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         import deepspeed
 
         engine, ds_optimizer, _, _ = deepspeed.initialize(
-            args=Namespace(device_rank=self.local_rank),  # Lightning passes the CUDA index, None on CPU
+            args=SimpleNamespace(device_rank=self.local_rank),  # Lightning passes the CUDA index, None on CPU
             config=self.config,
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],

@@ -122,7 +122,7 @@ def test_compare_names_runs_below_a_parent_and_explains_what_is_missing(tmp_path
         logger.log_metrics({"eval/score": value / 2, "train/loss": 0.5}, step=20)
         logger.finalize("success")
     out = tmp_path / "figure.png"
-    compare.main([str(tmp_path / "runs" / "method"), "--out", str(out), "--tag-prefix", "eval/"])
+    compare.main([str(tmp_path / "runs" / "method"), "--out", str(out), "--tag_prefixes+", "eval/"])
     table = rows(capsys.readouterr().out)
     assert list(table) == [("eval/score", "version_0"), ("eval/score", "version_1")]  # no val/* or train/* rows
     assert table["eval/score", "version_1"][:4] == ["0.375", "20", "0.75", "10"]
@@ -132,7 +132,7 @@ def test_compare_names_runs_below_a_parent_and_explains_what_is_missing(tmp_path
     with pytest.raises(SystemExit, match=f"{tmp_path / 'empty'}: no TensorBoard event file"):
         compare.main([str(tmp_path / "runs"), str(tmp_path / "empty")])
     with pytest.raises(SystemExit, match="no scalar tagged val/\\* in any run: .*version_0, .*version_1"):
-        compare.main([str(tmp_path / "runs"), "--tag-prefix", "val/"])
+        compare.main([str(tmp_path / "runs"), "--tag_prefixes+", "val/"])
 
 
 def test_compare_is_a_subcommand(run_cli, tmp_path):

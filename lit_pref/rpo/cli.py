@@ -14,13 +14,12 @@ configuration of the latest run is saved as ``<output_dir>/_config.yaml``.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lit_pref.backbone import DiffusionBackbone
+from lit_pref.commands import SubcommandParser, call, function_parser
 from lit_pref.io import atomic_file
 from lit_pref.rpo.synthesizer import PairSynthesizer, SynthesisStats, resolve_prompts
 
@@ -61,19 +60,16 @@ def synthesize_pairs(
                            max_pairs=max_pairs, seed=seed, progress=progress)
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="python -m lit_pref synthesize-pairs", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML config of the arguments below")
-    parser.add_function_arguments(synthesize_pairs, as_positional=False)
-    return parser
+def build_parser() -> SubcommandParser:
+    """The ``synthesize-pairs`` parser: the arguments of :func:`synthesize_pairs` and ``--config``."""
+    return function_parser(synthesize_pairs, "synthesize-pairs", __doc__.splitlines()[0])
 
 
 def main(argv: list[str]) -> None:
     """Parse ``argv`` (a config and overrides), synthesise, and print the statistics."""
     parser = build_parser()
     config = parser.parse_args(argv)
-    instantiated = parser.instantiate_classes(config)
-    stats = synthesize_pairs(**{name: instantiated[name] for name in inspect.signature(synthesize_pairs).parameters})
+    stats = call(synthesize_pairs, parser, config)
     output_dir = Path(config.output_dir)
     with atomic_file(output_dir / "_config.yaml") as tmp:  # the configuration of the latest run that wrote here
         tmp.write_text(parser.dump(config, skip_none=False))

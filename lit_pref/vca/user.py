@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from lit_pref.commands import call, function_parser
 from lit_pref.datamodules.dialogues import Dialogue, Turn
 from lit_pref.datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES, random_placement
 from lit_pref.datamodules.toy import SIZES, Caption, Scene, parse_caption, render
@@ -28,7 +29,7 @@ from lit_pref.io import atomic_dir, atomic_file
 from lit_pref.rewards.toy import ToyGroundTruthReward, ToyJudge
 from lit_pref.vca.refiner import PromptRefiner, TemplateRefiner
 
-__all__ = ["SimulatedUser", "ToySimulatedUser", "make_toy_dialogues", "play_dialogue", "toy_start"]
+__all__ = ["SimulatedUser", "ToySimulatedUser", "main", "make_toy_dialogues", "play_dialogue", "toy_start"]
 
 ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "size", "background")
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -258,3 +259,13 @@ def make_toy_dialogues(
     with atomic_file(path) as tmp:
         tmp.write_text("".join(json.dumps(d.to_json()) + "\n" for d in dialogues), encoding="utf-8")
     return dialogues
+
+
+def main(argv: list[str]) -> None:
+    """``python -m lit_pref make-toy-dialogues --path FILE.jsonl --n N [--rounds R ...]``: :func:`make_toy_dialogues`,
+    then how many dialogues and rounds it wrote."""
+    parser = function_parser(make_toy_dialogues, "make-toy-dialogues", "Play toy dialogues between the toy world's "
+                             "simulated user and a refiner on rendered images; write them as dialogue JSONL.")
+    config = parser.parse_args(argv)
+    dialogues = call(make_toy_dialogues, parser, config)
+    print(f"{len(dialogues)} dialogues ({sum(len(d.turns) for d in dialogues)} rounds) written to {config.path}")
