@@ -11,6 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lit_pref.callbacks.sample_grid import captioned_grid, log_image
+from lit_pref.datamodules.prompts import read_prompts
 from lit_pref.rewards import Scorer, win_rate
 from lit_pref.rewards.win_rate import WinRate as WinRateResult
 from lit_pref.sampling import sample_and_score
@@ -24,7 +25,7 @@ class _Evaluation(Callback):
     def __init__(
         self,
         scorers: dict[str, Scorer],
-        prompts: list[str],
+        prompts: list[str] | str,
         num_images_per_prompt: int = 4,
         num_inference_steps: int = 20,
         guidance_scale: float = 5.0,
@@ -36,7 +37,9 @@ class _Evaluation(Callback):
         """
         Args:
             scorers: Name -> scorer (any ``lit_pref.rewards.Scorer``); the name goes into the metric name.
-            prompts: Evaluation prompts (held-out ones, ideally); win-rate intervals resample them.
+            prompts: Evaluation prompts (held-out ones, ideally), or a prompt file (``.txt`` one a line, ``.jsonl``,
+                ``.parquet``; :func:`lit_pref.datamodules.prompts.read_prompts`) such as the shipped
+                ``configs/prompts/toy_heldout.txt``; win-rate intervals resample them.
             num_images_per_prompt: Samples per prompt, each with its own fixed seed (shared by policy and base).
             num_inference_steps: DDIM steps.
             guidance_scale: Classifier-free guidance scale.
@@ -46,6 +49,7 @@ class _Evaluation(Callback):
                 image grid with their scores written under them, one sample of every prompt first; 0 logs none.
             batch_size: Images sampled at once (the same images for any value: every image has its own noise).
         """
+        prompts = read_prompts(prompts) if isinstance(prompts, str) else prompts
         if not scorers or not prompts:
             raise ValueError("need at least one scorer and one prompt")
         if batch_size < 1:

@@ -13,6 +13,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from lit_pref.datamodules.prompts import read_prompts
+
 CAPTION_FONT_SIZE = 11
 CAPTION_LINE = 13  # pixels a caption line takes
 
@@ -77,7 +79,7 @@ class SampleGrid(Callback):
 
     def __init__(
         self,
-        prompts: list[str],
+        prompts: list[str] | str,
         num_inference_steps: int = 20,
         guidance_scale: float = 5.0,
         seed: int = 0,
@@ -86,13 +88,16 @@ class SampleGrid(Callback):
     ) -> None:
         """
         Args:
-            prompts: Prompts to sample, one grid row each.
+            prompts: Prompts to sample, one grid row each, or a prompt file (``.txt`` one a line, ``.jsonl``,
+                ``.parquet``; :func:`lit_pref.datamodules.prompts.read_prompts`) such as the shipped
+                ``configs/prompts/toy_heldout_grid.txt``.
             num_inference_steps: DDIM steps.
             guidance_scale: Classifier-free guidance scale.
             seed: Seed of the initial noise; the same for every logging, so grids are comparable over time.
             tag: TensorBoard image tag.
             min_side: Smallest width an image is shown at (small images are enlarged by a whole factor).
         """
+        prompts = read_prompts(prompts) if isinstance(prompts, str) else prompts
         if not prompts:
             raise ValueError("SampleGrid needs at least one prompt")
         self.prompts = list(prompts)

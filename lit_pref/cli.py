@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jsonargparse import Namespace
+from jsonargparse import Namespace, lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 # Imported so that their classes are known subclasses: ``--model TrajectoryDPO`` and ``--model.help TrajectoryDPO``
@@ -23,6 +24,7 @@ from lit_pref.callbacks.tensorboard_layout import TensorBoardLayout
 from lit_pref.checkpointing import AtomicCheckpointIO, FinalLastCheckpoint
 from lit_pref.commands import PROG, exit_with_error
 
+LOG_DIR = "runs"  # save_dir of the default logger
 # ckpt_path values Lightning resolves itself (not files)
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
@@ -67,7 +69,9 @@ class LitPrefCLI(LightningCLI):
     ``last.ckpt`` always holds the final state (:class:`lit_pref.checkpointing.FinalLastCheckpoint`). Data paths
     (``data.init_args.path`` / ``*_path``) and ``ckpt_path`` are checked before anything is built, so a wrong path
     costs no model load and leaves no run folder. Every run writes a TensorBoard layout (:class:`lit_pref.callbacks.TensorBoardLayout`) and ends with a
-    summary (:class:`lit_pref.callbacks.RunSummary`).
+    summary (:class:`lit_pref.callbacks.RunSummary`). The logger is TensorBoard under ``runs/`` unless
+    ``trainer.logger`` names another (or ``false``); a config sets only the run's folder name,
+    ``trainer.logger.init_args.name``, so runs land in ``runs/<name>/version_N``.
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
@@ -80,7 +84,8 @@ class LitPrefCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             parser_class=LitPrefArgumentParser,
             parser_kwargs={"prog": PROG, "fit": {"description": fit_description()}},
-            trainer_defaults={"callbacks": [FinalLastCheckpoint(), TensorBoardLayout(), RunSummary()]},
+            trainer_defaults={"callbacks": [FinalLastCheckpoint(), TensorBoardLayout(), RunSummary()],
+                              "logger": lazy_instance(TensorBoardLogger, save_dir=LOG_DIR)},
             args=args,
             run=run,
         )

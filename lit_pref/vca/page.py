@@ -1,6 +1,6 @@
 """The single web page of the interactive tool (HTML, CSS and JavaScript, no external files or libraries).
 
-It drives the JSON endpoints of :mod:`lit_pref.vca.interact`: ``/api/start``, ``/api/choose``, ``/api/next`` and
+It drives the JSON endpoints of :mod:`lit_pref.vca.server`: ``/api/start``, ``/api/choose``, ``/api/next`` and
 ``/api/finish``; while a round generates it polls ``/api/progress`` and shows the denoising step, and on load it
 asks ``/api/info`` what the model and the refiner understand. A server that does not answer gets a sentence that
 says so, not the browser's "Failed to fetch". User text is only ever inserted with ``textContent`` (never as HTML).
