@@ -54,9 +54,9 @@ def usage() -> str:
     width = max(map(len, SUBCOMMANDS)) + 2
     lines = [f"usage: {PROG} [--threads N] SUBCOMMAND [options]", "", "subcommands:"]
     lines += [f"  {name:<{width}}{subcommand.summary}" for name, subcommand in SUBCOMMANDS.items()]
-    lines += ["", "options:", f"  {'--threads N':<{width}}PyTorch CPU threads (default: OMP_NUM_THREADS if set, else the "
-              "cores not busy with other work)", "", f"Run `{PROG} SUBCOMMAND --help` for a subcommand's options; "
-              "every subcommand takes --config FILE.yaml."]
+    lines += ["", "options:", f"  {'--threads N':<{width}}PyTorch CPU threads (default: OMP_NUM_THREADS if set, "
+              "else the cores not busy with other work)", "", f"Run `{PROG} SUBCOMMAND --help` for a subcommand's "
+              "options; every subcommand takes --config FILE.yaml."]
     return "\n".join(lines)
 
 

@@ -18,21 +18,19 @@ CONFIG_HELP = "A YAML file with any of the options below; several compose in ord
 
 
 def one_line(message: str) -> str:
-    """jsonargparse's multi-line parse error as one line: the failing key, the value and the first reason.
-
-    A class path that cannot be imported (``--model foo.Bar``) reads ``model: cannot import 'foo.Bar'``."""
-    key = re.search(r'Parser key "([^"]+)"', message)
-    where = f"{key.group(1)}: " if key else ""
-    bad_path = re.search(r"(?:Problem with given class_path|Unexpected import path format|Import path)\W+'?([\w.]+)",
-                         message)
-    if bad_path or "No module named" in message or "does not exist" in message and "class_path" in message:
-        value = bad_path.group(1) if bad_path else re.search(r"'([\w.]+)'", message).group(1)
-        reason = re.search(r"(No module named '[^']+'|module '[^']+' has no attribute '[^']+')", message)
-        return f"{where}cannot import class path {value!r}" + (f" ({reason.group(1)})" if reason else "")
-    lines = [line.strip(" -") for line in message.strip().splitlines() if line.strip(" -")]
-    if key and lines and lines[0].startswith("Parser key"):
-        lines = lines[1:]
-    return where + (lines[0] if lines else message.strip())
+    """jsonargparse's nested multi-line parse error as one line: the failing key (nested keys joined by dots), the
+    class it belongs to, and the first reason. A class path that cannot be imported (``--model foo.Bar``) reads
+    ``model: cannot import class path 'foo.Bar' (No module named 'foo')``."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    where = f"{'.'.join(keys)}: " if keys else ""
+    class_path = re.search(r"Problem with given class_path '([^']+)'", message)
+    lines = [re.sub(r"^\s*(- )?", "", line).rstrip() for line in message.strip().splitlines()]  # no "- " bullets
+    reasons = [line for line in lines if line and not line.endswith(":")]
+    reason = reasons[0] if reasons else message.strip()
+    failed_import = [line for line in reasons if re.search(r"No module named|has no attribute", line)]
+    if class_path and failed_import:  # among the alternatives a union type lists, the import is what went wrong
+        return f"{where}cannot import class path {class_path.group(1)!r} ({failed_import[0]})"
+    return where + reason + (f" (in {class_path.group(1)})" if class_path else "")
 
 
 def exit_with_error(parser: ArgumentParser, message: str) -> NoReturn:

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import REPO
 from lit_pref.__main__ import SUBCOMMANDS, main
+from lit_pref.commands import one_line
 from lit_pref.vca import make_toy_dialogues
 
 
@@ -51,6 +52,16 @@ def test_a_wrong_class_path_is_one_line_naming_the_key_and_the_path(capsys):
     assert error[0].startswith("error: model: cannot import class path 'no_such_pkg.Method'"), error[0]
 
 
+def test_nested_errors_keep_the_dotted_key_and_the_class():
+    """jsonargparse's messages (as 4.53 writes them) folded to one line."""
+    nested = 'Parser key "model":\n  Problem with given class_path \'pkg.Method\':\n    Parser key "gamma":\n' \
+             "      Expected a <class 'float'>. Got value: high"
+    assert one_line(nested) == "model.gamma: Expected a <class 'float'>. Got value: high (in pkg.Method)"
+    unknown = "Parser key \"model\":\n  Problem with given class_path 'pkg.Method':\n    Option 'gama' is not accepted"
+    assert one_line(unknown) == "model: Option 'gama' is not accepted (in pkg.Method)"
+    assert one_line("--host '0.0.0.0' refused") == "--host '0.0.0.0' refused"
+
+
 def test_class_help_is_named_after_the_command(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["fit", "--model.help", "DenseDiscountedDPO"])
@@ -62,3 +73,12 @@ def test_class_help_is_named_after_the_command(capsys):
 def test_an_unknown_subcommand_is_named(capsys):
     with pytest.raises(SystemExit, match="unknown subcommand 'fitt'"):
         main(["fitt"])
+
+
+def test_no_argparse_parser_is_left():
+    """Every command line of the repository (subcommands, benchmarks, test helpers) is parsed by jsonargparse."""
+    sources = [p for folder in ("lit_pref", "datamodules", "callbacks", "bench", "tests")
+               for p in (REPO / folder).rglob("*.py")]
+    offenders = [str(p.relative_to(REPO)) for p in sources
+                 if any(line.startswith(("import argparse", "from argparse")) for line in p.read_text().splitlines())]
+    assert len(sources) > 50 and offenders == []

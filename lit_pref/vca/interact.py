@@ -125,7 +125,8 @@ def parse_args(argv: list[str]) -> Namespace:
     parser = build_parser()
     cfg = parser.parse_args(argv)
     if cfg.host not in LOCAL_HOSTS:
-        exit_with_error(parser, f"--host {cfg.host!r} refused: the tool serves localhost only ({', '.join(LOCAL_HOSTS)})")
+        exit_with_error(parser, f"--host {cfg.host!r} refused: the tool serves localhost only "
+                                f"({', '.join(LOCAL_HOSTS)})")
     if cfg.num_images < 1:
         exit_with_error(parser, f"--num_images must be at least 1, got {cfg.num_images}")
     return cfg

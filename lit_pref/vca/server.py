@@ -1,4 +1,5 @@
-"""The web front end of ``python -m lit_pref interact`` (:mod:`lit_pref.vca.interact`) on a :class:`~lit_pref.vca.studio.Studio`.
+"""The web front end of ``python -m lit_pref interact`` (:mod:`lit_pref.vca.interact`) on a
+:class:`~lit_pref.vca.studio.Studio`.
 
 The web server (standard library ``http.server``) listens on localhost only and answers requests whose ``Host``
 header names localhost only (DNS rebinding); its POST endpoints take and return JSON (``Content-Type:

@@ -1,5 +1,6 @@
 """The session logic of ``python -m lit_pref interact`` (:mod:`lit_pref.vca.interact`): rounds, choices, feedback,
-refined prompts and saved dialogues, whatever the front end (:mod:`lit_pref.vca.server`, :mod:`lit_pref.vca.terminal`).
+refined prompts and saved dialogues, whatever the front end (:mod:`lit_pref.vca.server`,
+:mod:`lit_pref.vca.terminal`).
 
 Sessions survive a crash: each session's recorded rounds and its pending round are written (atomically) to
 ``<output stem>_sessions/<dialogue id>.json`` as they happen; a tool started on the same ``--output`` saves such

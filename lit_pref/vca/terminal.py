@@ -1,4 +1,5 @@
-"""The terminal front end of ``python -m lit_pref interact --terminal true`` on a :class:`~lit_pref.vca.studio.Studio`."""
+"""The terminal front end of ``python -m lit_pref interact --terminal true`` on a
+:class:`~lit_pref.vca.studio.Studio`."""
 
 from __future__ import annotations
 
