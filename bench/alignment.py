@@ -3,6 +3,7 @@
     python bench/alignment.py                                  # train configs/toy/trajectory_dpo.yaml, evaluate
     python bench/alignment.py --config configs/demo.yaml       # another recipe (any method config on the toy base)
     python bench/alignment.py --lora runs/demo/version_0/lora  # evaluate an exported LoRA, no training
+    python bench/alignment.py -- --trainer.max_steps=100       # training overrides go after --
 
 Reports the hidden human's reward (and each of its terms) for the base model and the trained policy on the
 held-out prompts, same prompts and same initial noise for both, and the policy's win rate against the base
@@ -11,9 +12,9 @@ held-out prompts, same prompts and same initial noise for both, and the policy's
 
 from __future__ import annotations
 
-import argparse
 import time
 
+from jsonargparse import ArgumentParser
 import torch
 
 from lit_pref.datamodules.toy import prompts
@@ -58,14 +59,14 @@ def report(result: dict, title: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/toy/trajectory_dpo.yaml", help="method config to train")
     parser.add_argument("--lora", default=None, help="evaluate this exported LoRA folder instead of training")
     parser.add_argument("--seeds", type=int, default=16, help="samples per held-out prompt")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps when evaluating")
-    parser.add_argument("cli_args", nargs="*", help="extra CLI overrides for training, e.g. --trainer.max_steps=100")
-    args, unknown = parser.parse_known_args()
-    args.cli_args += unknown
+    parser.add_argument("cli_args", nargs="*", help="extra CLI overrides for training after --, e.g. -- "
+                        "--trainer.max_steps=100")
+    args = parser.parse_args()
 
     if args.lora:
         backbone = DiffusionBackbone(model="toy", **lora_config(args.lora))

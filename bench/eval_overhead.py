@@ -15,12 +15,12 @@ their ratio.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from jsonargparse import ArgumentParser
 import torch
 import yaml
 
@@ -39,7 +39,7 @@ def fit_seconds(config: Path, work: Path, overrides: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml", help="a config with evaluation callbacks")
     parser.add_argument("--steps", type=int, default=100, help="training steps of every run")
     parser.add_argument("--val-every", type=int, default=50, help="validate (and so evaluate) every this many steps")

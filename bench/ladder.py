@@ -23,11 +23,11 @@ Prints one table: rung, win rate mean and range over training seeds, the 95% boo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 from collections.abc import Callable, Iterator
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import numpy as np
 import torch
 from lightning.pytorch import seed_everything
@@ -172,7 +172,8 @@ def row(name: str, runs: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--rungs", nargs="+", default=["capacity", "best_of_n", "reward_weighted", "ddpo"],
                         choices=["capacity", "best_of_n", "reward_weighted", "ddpo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per rung")

@@ -19,11 +19,11 @@ honest measure of cost: the wall time then depends on the other processes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 from alignment import evaluate
@@ -90,7 +90,8 @@ def per_seed(records: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("configs", nargs="*", default=RECIPES, help="recipes to train (toy base)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--minutes", type=float, default=None,

@@ -22,10 +22,10 @@ not grow. An estimate to confirm on a GPU (``bench/perf.py`` reports CUDA peaks)
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -81,7 +81,8 @@ def update_peak(backbone: DiffusionBackbone, method: str, batch: int, resolution
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--model", default="sd15", help="the preset (sd15: the SD1.5 architecture)")
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--batch-sizes", type=int, nargs=2, default=[1, 2])

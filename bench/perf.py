@@ -31,7 +31,6 @@ random weights: nothing is downloaded.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import gc
@@ -46,6 +45,7 @@ from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # presets are built from config; never reach for a hub
 
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 import numpy as np
 import torch
 from PIL import Image
@@ -120,7 +120,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 class LitPrefStep:
     """TrajectoryDPO's training step on cached batches."""
 
-    def __init__(self, args: argparse.Namespace, device: torch.device, dataset: PreferencePairDataset,
+    def __init__(self, args: Namespace, device: torch.device, dataset: PreferencePairDataset,
                  cache_dir: Path) -> None:
         dtype = "bfloat16" if args.precision == "bf16-mixed" else "float32"
         backbone = DiffusionBackbone(model=args.preset, dtype=dtype, gradient_checkpointing=args.gradient_checkpointing,
@@ -145,7 +145,7 @@ class LitPrefStep:
 class NaiveStep:
     """Diffusion-DPO as the research code does it: a reference UNet copy, encoders every step, separate forwards."""
 
-    def __init__(self, args: argparse.Namespace, device: torch.device, dataset: PreferencePairDataset) -> None:
+    def __init__(self, args: Namespace, device: torch.device, dataset: PreferencePairDataset) -> None:
         backbone = DiffusionBackbone(model=args.preset, gradient_checkpointing=args.gradient_checkpointing)
         self.vae, self.text_encoder, self.tokenizer = backbone.vae.to(device), backbone.text_encoder.to(device), backbone.tokenizer
         self.unet = backbone.unet.to(device).train()  # the policy: base + LoRA adapters
@@ -250,7 +250,8 @@ def gib(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32",
                         help="lit_pref's precision (bf16-mixed: bf16 frozen base and bf16 autocast)")

@@ -29,13 +29,13 @@ and the time over sampling the same items alone (median of ``--repeats``).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -97,7 +97,7 @@ def toy_editor(name: str, controlnet: str | None) -> tuple[Critic, object]:
     return ToyCritic(), EditorChain({"local": inpaint}, default=ToyEditor())
 
 
-def table(args: argparse.Namespace) -> None:
+def table(args: Namespace) -> None:
     prompts = resolve_prompts("toy:train")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hidden = ToyGroundTruthReward()
@@ -134,7 +134,7 @@ class BoxCritic(Critic):
                         kinds=["local"])
 
 
-def throughput(args: argparse.Namespace) -> None:
+def throughput(args: Namespace) -> None:
     prompts = [f"a photo of object {i}" for i in range(args.items)]
     print(f"| model | editor | items/s | synthesis / sampling time |\n|---|---|---|---|")
     for preset, kind in (("tiny", "sd"), ("tiny-sdxl", "sdxl")):
@@ -168,20 +168,23 @@ def throughput(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("table", help="the toy-world editor table")
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
+    t = ArgumentParser(description="the toy-world editor table")
     t.add_argument("--editors", nargs="+", choices=EDITORS, default=list(EDITORS))
     t.add_argument("--samples", type=int, default=4, help="samples per pre-training prompt (60 prompts)")
     t.add_argument("--steps", type=int, default=100, help="optimizer steps (batch 8)")
     t.add_argument("--seeds", type=int, default=8, help="evaluation samples per held-out prompt")
     t.add_argument("--controlnet", default=None, help="a toy ControlNet folder (bench/toy_controlnet.py)")
-    p = sub.add_parser("throughput", help="synthesis items/s per editor on tiny models")
+    p = ArgumentParser(description="synthesis items/s per editor on tiny models")
     p.add_argument("--items", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    sub = parser.add_subcommands(dest="command", required=True)
+    sub.add_subcommand("table", t, help="the toy-world editor table")
+    sub.add_subcommand("throughput", p, help="synthesis items/s per editor on tiny models")
     args = parser.parse_args()
     torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
-    table(args) if args.command == "table" else throughput(args)
+    table(args.table) if args.command == "table" else throughput(args.throughput)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ seeds and batch size. Prints medians: kept pairs/s, items/s, and the time of syn
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 from lit_pref.backbone import DiffusionBackbone
@@ -24,7 +24,8 @@ from lit_pref.rpo import PairSynthesizer, ToyCritic, ToyEditor, resolve_prompts
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--items", type=int, default=64, help="items (prompt, seed) per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)

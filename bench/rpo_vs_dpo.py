@@ -18,12 +18,12 @@ Runs and data go under runs/bench_rpo_vs_dpo/; synthesised pairs are reused when
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 from pathlib import Path
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,7 +66,8 @@ def train(config: str, steps: int, extra: list[str]) -> tuple[DiffusionBackbone,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--pairs", type=int, default=128, help="training pairs of each method")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of each method (batch 8)")
     parser.add_argument("--scorer", choices=("hidden", "clip"), default="hidden", help="relabelling scorer")

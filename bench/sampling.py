@@ -8,10 +8,10 @@ second for plain ``sample(eta=1)`` in the same run (calls alternate), and their 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 from lit_pref.backbone import DiffusionBackbone
@@ -36,7 +36,8 @@ def sampling_rates(backbone: DiffusionBackbone, batch: int, steps: int, guidance
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--model", default="tiny", help="backbone preset, hub id or folder")
     parser.add_argument("--batch", type=int, default=16, help="chains per call")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (the paper's chain length is 50)")

@@ -11,12 +11,12 @@ take turns in each round.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 import warnings
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 from lit_pref.datamodules.toy import prompts as toy_prompts
@@ -42,7 +42,8 @@ def median_rates(scorers: dict[str, Scorer], images: torch.Tensor, prompts: list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--batch", type=int, default=16, help="images per score() call")
     parser.add_argument("--size", type=int, default=64, help="side of the input images in pixels")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per scorer, after one warm-up call")

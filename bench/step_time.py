@@ -7,10 +7,10 @@ Prints the median and the interquartile range over measured steps after warm-up.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 from lit_pref.backbone import DiffusionBackbone
@@ -19,7 +19,8 @@ from lit_pref.modules import TrajectoryDPO
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--model", default="tiny", help="backbone preset, hub id or folder")
     parser.add_argument("--pairs", type=int, default=4, help="preference pairs per step")
     parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's)")

@@ -7,12 +7,12 @@ shared machine whose load changes the wall clock).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,7 +36,8 @@ def timed(fn) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps of a chain / a sample")
     parser.add_argument("--chains", type=int, default=40, help="chains per collection (rollouts 5 per prompt)")

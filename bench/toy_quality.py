@@ -7,9 +7,9 @@ Held-out prompts are the 12 colour-shape combinations never seen in pre-training
 
 from __future__ import annotations
 
-import argparse
 
 import open_clip
+from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 from lit_pref.datamodules.toy import ToyImageDataset, parse_caption, prompts
@@ -57,7 +57,8 @@ def clip_retrieval(num_images: int = 240) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--seeds", type=int, default=8, help="samples per prompt")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")

@@ -18,11 +18,11 @@ and ``bench/vca_rounds.py`` compares rounds-to-target.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import numpy as np
 import torch
 from lightning.pytorch import Trainer, seed_everything
@@ -72,7 +72,8 @@ def record_with_model(backbone: DiffusionBackbone, path: Path, n: int, seed: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--out", default="runs/vca_people", help="output folder")
     parser.add_argument("--train_dialogues", type=int, default=256)
     parser.add_argument("--held_out_dialogues", type=int, default=64)

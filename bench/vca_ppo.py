@@ -11,12 +11,12 @@ of toy dialogues (one round per fit, ``step_fraction`` of the steps trained on).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 from lightning.pytorch import Trainer
 
@@ -38,7 +38,8 @@ def median_time(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--models", nargs="+", default=["toy", "tiny"], help="backbone presets, hub ids or folders")
     parser.add_argument("--dialogues", type=int, default=4, help="G, dialogues per batch")
     parser.add_argument("--num_images", type=int, default=4, help="K, images per prompt and round")

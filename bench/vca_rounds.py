@@ -20,11 +20,11 @@ adaptation step are reported. ``--seeds`` repeats everything for several seeds o
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import time
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 import numpy as np
 import torch
 
@@ -87,7 +87,8 @@ def play(backbone: DiffusionBackbone, starts: list[tuple[str, str]], rounds: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--lora", default=None, help="also play with this exported LoRA folder")
     parser.add_argument("--dialogues", type=int, default=32, help="number of dialogues")
     parser.add_argument("--rounds", type=int, default=8, help="maximum rounds per dialogue")
