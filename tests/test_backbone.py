@@ -96,6 +96,17 @@ def test_reference_forward_is_no_grad_where_deepspeed_zero3_partitions_the_unet(
     assert torch.is_grad_enabled() and all(lora_on(backbone))
 
 
+def test_save_lora_writes_the_same_bytes_every_time(tmp_path):
+    backbone = DiffusionBackbone.tiny()
+    perturb_lora(backbone)
+    files = [(backbone.save_lora(tmp_path / str(i)) / "pytorch_lora_weights.safetensors").read_bytes() for i in range(6)]
+    assert all(f == files[0] for f in files)  # safetensors alone orders the metadata keys at random: 1 in 32 to pass
+    header = json.loads(files[0][8:8 + int.from_bytes(files[0][:8], "little")])
+    assert list(header["__metadata__"]) == ["format", "lora_adapter_metadata"]
+    adapter = json.loads(header["__metadata__"]["lora_adapter_metadata"])
+    assert adapter["unet.target_modules"] == ["to_k", "to_out.0", "to_q", "to_v"]
+
+
 def test_training_target_v_prediction_by_hand():
     backbone = DiffusionBackbone.tiny(prediction_type="v_prediction")
     assert backbone.prediction_type == "v_prediction"

@@ -43,11 +43,30 @@ def save_lora(unet: UNet2DConditionModel, directory: str | Path, sdxl: bool) -> 
     """
     pipeline_cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in lora_state_dict(unet).items()}
+    metadata = unet.peft_config["default"].to_dict()
+    if isinstance(metadata["target_modules"], set):  # peft's set: listed in the order of the process's hash seed
+        metadata["target_modules"] = sorted(metadata["target_modules"])
     with atomic_dir(directory) as tmp:
-        pipeline_cls.save_lora_weights(
-            tmp, unet_lora_layers=state, unet_lora_adapter_metadata=unet.peft_config["default"].to_dict()
-        )
+        pipeline_cls.save_lora_weights(tmp, unet_lora_layers=state, unet_lora_adapter_metadata=metadata)
+        sort_metadata(tmp / LORA_FILE)
     return Path(directory)
+
+
+def sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header with its ``__metadata__`` keys sorted, in place, so that equal exports are
+    equal files: safetensors writes them in a random order (a Rust ``HashMap``; safetensors issue #584).
+
+    Args:
+        path: The ``.safetensors`` file; its header keeps its length, the tensors' bytes are untouched.
+    """
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > size:
+        raise ValueError(f"{path}: the re-serialised safetensors header ({len(text)} bytes) outgrew the original ({size})")
+    path.write_bytes(data[:8] + text.ljust(size) + data[8 + size:])
 
 
 def load_lora(unet: UNet2DConditionModel, config: LoraConfig, directory: str | Path) -> None:
