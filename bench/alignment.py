@@ -37,7 +37,7 @@ def evaluate(backbone: DiffusionBackbone, seeds: int = 16, steps: int = 20, guid
         return torch.cat(out)
 
     policy_images = sample()
-    with backbone.reference():
+    with backbone.reference_forward():
         base_images = sample()
     policy, base = reward.score(policy_images, texts), reward.score(base_images, texts)
     terms = {name: (base_v.mean().item(), pol_v.mean().item())

@@ -79,7 +79,7 @@ def fine_tune(backbone: DiffusionBackbone, images: torch.Tensor, captions: list[
 
 class BestOfN:
     """A stand-in policy for ``evaluate``: each sample is the best of N base samples by the hidden reward, the first
-    drawn from the judged generator, the others from seeds derived from it and ``seed``. Inside :meth:`reference`
+    drawn from the judged generator, the others from seeds derived from it and ``seed``. Inside :meth:`reference_forward`
     it samples as the base. Candidates are cached in ``pool`` (shared by the N of one seed), so best-of-2, -4 and -8
     are prefixes of one set of 8 draws."""
 
@@ -94,10 +94,10 @@ class BestOfN:
         return self.backbone.device
 
     @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
+    def reference_forward(self) -> Iterator[None]:
         self._plain = True
         try:
-            with self.backbone.reference():
+            with self.backbone.reference_forward():
                 yield
         finally:
             self._plain = False

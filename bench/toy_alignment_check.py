@@ -68,7 +68,7 @@ def heldout_samples(aligned):
                                guidance_scale=EVAL["guidance_scale"], generator=generators)
 
     policy_images = sample()
-    with backbone.reference():
+    with backbone.reference_forward():
         base_images = sample()
     return texts, policy_images, base_images
 

@@ -152,7 +152,7 @@ class WinRate(_Evaluation):
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         policy_scores, policy = self.sample_and_score(pl_module, "win rate: policy samples")
-        with pl_module.backbone.reference():
+        with pl_module.backbone.reference_forward():
             base_scores, base = self.sample_and_score(pl_module, "win rate: base samples")
         metrics, results = {}, {}
         for name in self.scorers:

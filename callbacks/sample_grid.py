@@ -113,7 +113,7 @@ class SampleGrid(Callback):
         backbone = pl_module.backbone
         kwargs = dict(num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale)
         policy = backbone.sample(self.prompts, generator=torch.Generator(backbone.device).manual_seed(self.seed), **kwargs)
-        with backbone.reference():
+        with backbone.reference_forward():
             reference = backbone.sample(
                 self.prompts, generator=torch.Generator(backbone.device).manual_seed(self.seed), **kwargs
             )

@@ -130,7 +130,7 @@ def run(
                                           guidance_scale, keep=keep, on_batch=bar.update)
         base_scores, base_images = {}, {}
         if vs_base:
-            with backbone.reference():
+            with backbone.reference_forward():
                 base_scores, base_images = sample_and_score(backbone, texts, seeds, scorers, batch_size,
                                                             num_inference_steps, guidance_scale, keep=keep,
                                                             on_batch=bar.update)

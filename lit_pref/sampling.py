@@ -29,7 +29,7 @@ def sample_and_score(
     no draw), ``batch_size`` images at a time, and score each batch with every scorer.
 
     Args:
-        backbone: The model, as it is (wrap the call in ``backbone.reference()`` for the base model).
+        backbone: The model, as it is (wrap the call in ``backbone.reference_forward()`` for the base model).
         texts: N prompts, one per sample.
         seeds: N seeds, one per sample.
         scorers: Name -> scorer.

@@ -1,4 +1,4 @@
-"""DiffusionBackbone: tiny presets, LoRA, reference toggle, encoders, export that stock diffusers loads."""
+"""DiffusionBackbone: tiny presets, LoRA, the reference forward, encoders, export that stock diffusers loads."""
 
 from __future__ import annotations
 
@@ -47,11 +47,64 @@ def test_reference_disables_adapters_and_restores_them():
     base = backbone.predict(x, t, cond)
     perturb_lora(backbone)
     policy = backbone.predict(x, t, cond)
-    with backbone.reference():
+    with backbone.reference_forward():
         reference = backbone.predict(x, t, cond)
     assert not torch.allclose(policy, base, atol=1e-4)
     assert torch.equal(reference, base)
     assert torch.equal(backbone.predict(x, t, cond), policy)
+
+
+def lora_on(backbone: DiffusionBackbone) -> list[bool]:
+    """Per LoRA layer: whether its adapter is on, and its parameters trainable."""
+    layers = [m for m in backbone.unet.modules() if hasattr(m, "lora_A")]
+    return [not m.disable_adapters and m.lora_A["default"].weight.requires_grad for m in layers]
+
+
+def test_reference_forward_builds_no_graph_and_restores_the_adapters_after_an_exception():
+    backbone = DiffusionBackbone.tiny()
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 500])
+    cond = backbone.encode_prompts(PROMPTS)
+    base = backbone.predict(x, t, cond)
+    perturb_lora(backbone)
+    with pytest.raises(RuntimeError, match="inside"):
+        with backbone.reference_forward():
+            assert not any(lora_on(backbone))
+            reference = backbone.predict(x, t, cond)
+            raise RuntimeError("inside")
+    assert torch.equal(reference, base)
+    assert not reference.requires_grad and reference.grad_fn is None and reference.is_inference()
+    assert lora_on(backbone) and all(lora_on(backbone))
+    policy = backbone.predict(x, t, cond)
+    assert policy.requires_grad and not torch.allclose(policy, base, atol=1e-4)
+
+
+def test_reference_forward_nested_leaves_the_adapters_off_until_the_outer_exit():
+    backbone = DiffusionBackbone.tiny()
+    with backbone.reference_forward():
+        with backbone.reference_forward():
+            pass
+        assert not any(lora_on(backbone))
+    assert all(lora_on(backbone))
+
+
+def test_reference_forward_is_no_grad_where_deepspeed_zero3_partitions_the_unet():
+    backbone = DiffusionBackbone.tiny()
+    next(backbone.unet.parameters()).ds_id = 0  # what ZeRO-3 marks its partitioned parameters with
+    with backbone.reference_forward():
+        assert not torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
+        assert not any(lora_on(backbone))
+    assert torch.is_grad_enabled() and all(lora_on(backbone))
+
+
+def test_save_lora_writes_the_same_bytes_every_time(tmp_path):
+    backbone = DiffusionBackbone.tiny()
+    perturb_lora(backbone)
+    files = [(backbone.save_lora(tmp_path / str(i)) / "pytorch_lora_weights.safetensors").read_bytes() for i in range(6)]
+    assert all(f == files[0] for f in files)  # safetensors alone orders the metadata keys at random: 1 in 32 to pass
+    header = json.loads(files[0][8:8 + int.from_bytes(files[0][:8], "little")])
+    assert list(header["__metadata__"]) == ["format", "lora_adapter_metadata"]
+    adapter = json.loads(header["__metadata__"]["lora_adapter_metadata"])
+    assert adapter["unet.target_modules"] == ["to_k", "to_out.0", "to_q", "to_v"]
 
 
 def test_training_target_v_prediction_by_hand():
@@ -83,7 +136,7 @@ def test_exported_lora_in_stock_diffusers_matches_own_samples(tmp_path, sdxl):
     backbone.save_lora(tmp_path / "lora")
     kwargs = dict(num_inference_steps=4, guidance_scale=3.0)
     ours = backbone.sample(PROMPTS, generator=torch.Generator().manual_seed(7), **kwargs)
-    with backbone.reference():
+    with backbone.reference_forward():
         ours_base = backbone.sample(PROMPTS, generator=torch.Generator().manual_seed(7), **kwargs)
 
     pipeline_cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline

@@ -159,7 +159,7 @@ def test_short_trajectory_run_raises_its_reward_beyond_chance(tmp_path):
         return backbone.sample(texts, num_inference_steps=10, guidance_scale=4.0, generator=generators)
 
     policy = Brightness().score(sample(), texts)
-    with backbone.reference():
+    with backbone.reference_forward():
         base = Brightness().score(sample(), texts)
     wins = int((policy > base).sum())
     assert wins >= 52, f"{wins} of 64 paired samples brighter than the initial model's"

@@ -84,7 +84,7 @@ def test_evaluation_callbacks_log_grids_of_their_samples_with_scores_at_their_ow
                                      generator=[torch.Generator().manual_seed(i) for i in range(len(metrics.texts))])
 
     policy = sample()
-    with model.backbone.reference():
+    with model.backbone.reference_forward():
         base = sample()
     assert torch.isfinite(policy).all() and (policy - base).abs().max() > 0.05  # the grids can tell them apart
     side = policy.shape[-1] * -(-128 // policy.shape[-1])  # enlarged by a whole factor to at least 128 px

@@ -86,7 +86,7 @@ def test_adapting_web_session_reports_updates_and_saves_a_lora_stock_diffusers_l
     hidden = adapted.encode_prompts([RED])["encoder_hidden_states"]
     with torch.no_grad():
         ours, theirs = adapted.unet(x, t, hidden).sample, pipe.unet(x, t, hidden).sample
-        with adapted.reference():
+        with adapted.reference_forward():
             base = adapted.unet(x, t, hidden).sample
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
     assert (ours - base).abs().max() > 0

@@ -254,7 +254,7 @@ def test_iterative_mode_resynthesizes_from_the_policy_and_logs_pair_statistics(t
     backbone = model.backbone.eval()
     texts = [PROMPTS[r["item"] % 2] for r in second]
     generators = [torch.Generator().manual_seed(r["seed"]) for r in second]
-    with backbone.reference():
+    with backbone.reference_forward():
         base = backbone.sample(texts, num_inference_steps=2, guidance_scale=4.0, generator=generators)
     originals = np.stack([decode(r["jpg_1"]) for r in second]).astype(float)
     assert np.abs(originals - (base * 255).round().permute(0, 2, 3, 1).numpy()).max() > 8

@@ -111,7 +111,7 @@ def test_short_dpo_run_on_the_noisiest_timesteps_centres_held_out_shapes():
         return backbone.sample(texts, num_inference_steps=10, guidance_scale=4.0, generator=generators)
 
     policy_images = sample()
-    with backbone.reference():
+    with backbone.reference_forward():
         base_images = sample()
     reward = ToyGroundTruthReward()
     result = win_rate(reward.score(policy_images, texts), reward.score(base_images, texts), groups=texts)

@@ -1,4 +1,7 @@
-"""DiffusionBackbone: one latent text-to-image model with LoRA adapters, shared by every method."""
+"""DiffusionBackbone: one latent text-to-image model with LoRA adapters, shared by every method.
+
+The model and LoRA part: it holds the components (loaded by ``loading.py``), the adapters, the reference-forward
+context and the encoders; sampling (``sampler.py``) and export (``export.py``) are parts it delegates to."""
 
 from __future__ import annotations
 
@@ -10,58 +13,32 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DDPMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
-from diffusers.utils.torch_utils import randn_tensor
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from lit_pref.backbone.ddim_logprob import Trajectory, ddim_step_with_logprob
-from lit_pref.backbone.tiny import build_tiny_components
-from lit_pref.backbone.tokenizer import write_bpe_files
-from lit_pref.io import atomic_dir
+from lit_pref.backbone import export, sampler
+from lit_pref.backbone.conditioning import Conditioning
+from lit_pref.backbone.ddim_logprob import Trajectory
+from lit_pref.backbone.loading import (
+    DEFAULT_LORA_TARGETS,
+    DTYPES,
+    TOY_PIPELINE,
+    add_lora,
+    adapters_enabled,
+    load_components,
+    lora_parameters,
+    make_lora_config,
+)
 
-PRESETS = {"tiny": "sd", "tiny-sdxl": "sdxl", "small": "small", "sd15": "sd15"}  # built from config
-TOY_PIPELINE = Path(__file__).resolve().parents[1] / "assets" / "toy" / "pipeline"  # pre-trained, shipped
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-Conditioning = dict  # keyword arguments of the UNet: encoder_hidden_states [+ added_cond_kwargs for SDXL]
-
-
-def repeat_conditioning(cond: Conditioning, repeats: int) -> Conditioning:
-    """Repeat every tensor of a conditioning ``repeats`` times along the batch (``[a, b] -> [a, b, a, b]``)."""
-    out = {"encoder_hidden_states": cond["encoder_hidden_states"].repeat(repeats, 1, 1)}
-    if "added_cond_kwargs" in cond:
-        out["added_cond_kwargs"] = {k: v.repeat(repeats, 1) for k, v in cond["added_cond_kwargs"].items()}
-    return out
-
-
-def cat_conditioning(conds: Sequence[Conditioning]) -> Conditioning:
-    """Concatenate conditionings along the batch."""
-    out = {"encoder_hidden_states": torch.cat([c["encoder_hidden_states"] for c in conds])}
-    if "added_cond_kwargs" in conds[0]:
-        keys = conds[0]["added_cond_kwargs"]
-        out["added_cond_kwargs"] = {k: torch.cat([c["added_cond_kwargs"][k] for c in conds]) for k in keys}
-    return out
-
+__all__ = ["DiffusionBackbone", "TOY_PIPELINE"]
 
 class DiffusionBackbone(nn.Module):
     """A Stable Diffusion (1.x / 2.x / XL) model whose UNet carries trainable peft LoRA adapters.
 
     Everything but the LoRA parameters is frozen. The reference model of DPO-style methods is the same
-    UNet with the adapters disabled (``with backbone.reference(): ...``), so no second copy is held.
+    UNet with the adapters disabled (``with backbone.reference_forward(): ...``), so no second copy is held.
     """
 
     def __init__(
@@ -111,14 +88,9 @@ class DiffusionBackbone(nn.Module):
         """
         super().__init__()
         self.model_name = model
-        if model == "toy":
-            model = str(TOY_PIPELINE)
         self.weight_dtype = DTYPES[dtype]
         self.vae_dtype = DTYPES[vae_dtype]
-        if model in PRESETS:
-            parts = build_tiny_components(PRESETS[model], seed=seed, prediction_type=prediction_type or "epsilon")
-        else:
-            parts = _load_components(model, revision=revision, variant=variant)
+        parts = load_components(model, revision=revision, variant=variant, seed=seed, prediction_type=prediction_type)
         self.vae: AutoencoderKL = parts["vae"]
         self.unet: UNet2DConditionModel = parts["unet"]
         self.text_encoder: CLIPTextModel = parts["text_encoder"]
@@ -140,18 +112,8 @@ class DiffusionBackbone(nn.Module):
                 module.to(dtype)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        self.lora_config = LoraConfig(
-            r=lora_rank,
-            lora_alpha=lora_alpha if lora_alpha is not None else lora_rank,
-            lora_dropout=lora_dropout,
-            init_lora_weights="gaussian" if lora_init == "gaussian" else True,
-            target_modules=list(lora_target_modules),
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.unet.add_adapter(self.lora_config)
-        for param in self.lora_parameters():
-            param.data = param.data.float()
+        self.lora_config = make_lora_config(lora_rank, lora_alpha, lora_target_modules, lora_init, lora_dropout)
+        add_lora(self.unet, self.lora_config, seed)
         if compile_unet:
             self.unet.compile()
 
@@ -202,24 +164,29 @@ class DiffusionBackbone(nn.Module):
 
     def lora_parameters(self) -> Iterator[nn.Parameter]:
         """The trainable LoRA parameters (the only parameters with ``requires_grad``)."""
-        return (p for n, p in self.unet.named_parameters() if "lora_" in n)
+        return lora_parameters(self.unet)
 
     # ------------------------------------------------------------------ reference model
     @contextmanager
-    def reference(self) -> Iterator[None]:
-        """Run the UNet with LoRA adapters disabled: the frozen reference / base model."""
-        self.unet.disable_adapters()
-        try:
-            yield
-        finally:
-            self.unet.enable_adapters()
+    def reference_forward(self) -> Iterator[None]:
+        """The reference (base) model's forward: the UNet with its LoRA adapters disabled, building no autograd graph.
 
-    def no_graph(self) -> torch.inference_mode | torch.no_grad:
-        """Context for forwards that need no autograd graph (the reference's): ``torch.inference_mode``, or
-        ``torch.no_grad`` where DeepSpeed ZeRO-3 partitions the UNet (parameters with a ``ds_id``): it gathers them
-        in forward hooks, and weights gathered in inference mode leave its backward hooks without grad accumulators."""
+        The one context every method runs the reference in (``with backbone.reference_forward(): ...``). No graph is
+        ``torch.inference_mode``, except where DeepSpeed ZeRO-3 partitions the UNet (parameters with a ``ds_id``):
+        there it is ``torch.no_grad``, because ZeRO-3 gathers the weights in forward hooks and weights gathered in
+        inference mode leave its backward hooks without grad accumulators. Tensors made inside are thus inference
+        tensors on every other strategy: a loss that saves one for backward needs a ``.clone()`` of it outside.
+        The adapters are enabled again on exit (even after an exception) unless they were already disabled.
+        """
         partitioned = any(hasattr(p, "ds_id") for p in self.unet.parameters())
-        return torch.no_grad() if partitioned else torch.inference_mode()
+        was_enabled = adapters_enabled(self.unet)
+        with torch.no_grad() if partitioned else torch.inference_mode():
+            self.unet.disable_adapters()
+            try:
+                yield
+            finally:
+                if was_enabled:
+                    self.unet.enable_adapters()
 
     # ------------------------------------------------------------------ encoders
     def _own_precision(self) -> torch.autocast:
@@ -356,26 +323,7 @@ class DiffusionBackbone(nn.Module):
             return self.noise_scheduler.get_velocity(latents, noise, timesteps)
         raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
 
-    def guided_prediction(
-        self, scheduler: DDIMScheduler, latents: Tensor, timesteps: Tensor, cond: Conditioning, guidance_scale: float
-    ) -> Tensor:
-        """The UNet output with classifier-free guidance, as the diffusers pipelines compute it.
-
-        With ``guidance_scale > 1``, ``cond`` holds the unconditional rows first and the conditional rows second
-        (``cat_conditioning([negative, positive])``) and the result is ``uncond + g * (text - uncond)``.
-        ``timesteps`` is a 0-d tensor or one per row of ``latents``.
-        """
-        cfg = guidance_scale > 1.0
-        model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, timesteps)
-        model_t = torch.cat([timesteps] * 2) if cfg and timesteps.ndim == 1 else timesteps
-        pred = self.predict(model_in, model_t, cond)
-        if not cfg:
-            return pred
-        pred_uncond, pred_text = pred.chunk(2)
-        return pred_uncond + guidance_scale * (pred_text - pred_uncond)
-
-    # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
+    # ------------------------------------------------------------------ sampling (sampler.py)
     def sample(
         self,
         prompts: Sequence[str],
@@ -389,58 +337,11 @@ class DiffusionBackbone(nn.Module):
         latents: Tensor | None = None,
         return_trajectory: bool = False,
     ) -> Tensor | Trajectory:
-        """Generate images in [0, 1] (B, 3, H, W) with DDIM and classifier-free guidance.
-
-        The same arithmetic and random draws as the diffusers pipelines (``StableDiffusionPipeline`` /
-        ``StableDiffusionXLPipeline`` with a ``DDIMScheduler`` and ``negative_prompt=""``), so a LoRA
-        exported by :meth:`save_lora` gives the same images there for the same generator.
-
-        With ``return_trajectory=True`` (needs ``eta > 0``; the papers use ``eta = 1``) every step is
-        :func:`~lit_pref.backbone.ddim_logprob.ddim_step_with_logprob` and a
-        :class:`~lit_pref.backbone.ddim_logprob.Trajectory` is returned: the images, every latent x_T .. x_0,
-        the float32 log-prob of each (guided) transition under the current weights, and the timesteps. Its
-        noise comes from ``generator`` in the same order and dtype as ``DDIMScheduler.step`` draws it, so
-        the images equal those of ``return_trajectory=False`` with the same ``eta`` and generator (up to
-        float rounding). :meth:`step_log_prob` recomputes the stored log-probs.
-        """
-        if return_trajectory and not eta > 0:
-            raise ValueError(f"return_trajectory=True needs eta > 0 (an eta = 0 DDIM step has no log-probability); "
-                             f"got eta={eta}")
-        height = height or self.default_resolution
-        width = width or self.default_resolution
-        scheduler = DDIMScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(num_inference_steps, device=self.device)
-        cfg = guidance_scale > 1.0
-        cond = self.encode_prompts(prompts, target_size=(height, width))
-        if cfg:
-            uncond = self.encode_prompts([negative_prompt] * len(prompts), target_size=(height, width))
-            cond = cat_conditioning([uncond, cond])
-        shape = (len(prompts), self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.weight_dtype)
-        latents = latents * scheduler.init_noise_sigma
-        all_latents, log_probs = [latents], []
-        for t in scheduler.timesteps:
-            pred = self.guided_prediction(scheduler, latents, t, cond, guidance_scale)
-            if not return_trajectory:
-                latents = scheduler.step(pred, t, latents, eta=eta, generator=generator).prev_sample
-                continue
-            latents, log_prob = ddim_step_with_logprob(scheduler, pred, t, latents, eta=eta, generator=generator)
-            all_latents.append(latents)
-            log_probs.append(log_prob)
-        images = self.decode_latents(latents)
-        if not return_trajectory:
-            return images
-        return Trajectory(
-            images=images,
-            latents=torch.stack(all_latents, dim=1),
-            log_probs=torch.stack(log_probs, dim=1),
-            timesteps=scheduler.timesteps.clone(),
-            prompts=list(prompts),
-            guidance_scale=float(guidance_scale),
-            eta=float(eta),
-            negative_prompt=negative_prompt,
-        )
+        """Generate images in [0, 1] (B, 3, H, W), or a trajectory with per-step log-probs, with DDIM and
+        classifier-free guidance, as the diffusers pipelines do; see :func:`lit_pref.backbone.sampler.sample`
+        for the arguments."""
+        return sampler.sample(self, prompts, num_inference_steps, guidance_scale, eta, generator, height, width,
+                              negative_prompt, latents, return_trajectory)
 
     def step_log_prob(
         self,
@@ -454,175 +355,31 @@ class DiffusionBackbone(nn.Module):
         negative_cond: Conditioning | None = None,
         negative_prompt: str = "",
     ) -> Tensor:
-        """Recompute ``log p(next_latents | latents_t, c)`` of stored DDIM transitions under the current weights.
+        """Recompute ``log p(next_latents | latents_t, c)`` (B,) of stored DDIM transitions under the current weights,
+        with grad; see :func:`lit_pref.backbone.sampler.step_log_prob` for the contract and the arguments."""
+        return sampler.step_log_prob(self, latents_t, timesteps, next_latents, cond, guidance_scale, eta,
+                                     num_inference_steps, negative_cond, negative_prompt)
 
-        The contract, for a :class:`~lit_pref.backbone.ddim_logprob.Trajectory` ``traj`` from
-        ``sample(prompts, num_inference_steps=N, guidance_scale=g, eta=eta, return_trajectory=True)`` and a step
-        index ``k`` (0 = noisiest)::
-
-            logp = backbone.step_log_prob(traj.latents[:, k], traj.timesteps[k], traj.latents[:, k + 1],
-                                          traj.prompts, g, eta, N)        # (B,), float32, with grad
-            with backbone.reference():
-                logp_init = backbone.step_log_prob(...same arguments...)  # the initial model (adapters off)
-
-        With unchanged weights ``logp`` equals ``traj.log_probs[:, k]`` (same ops; float rounding only). Per-sample
-        step indices ``ks`` (B,) work too: pass ``traj.latents[arange(B), ks]``, ``traj.timesteps[ks]`` and
-        ``traj.latents[arange(B), ks + 1]``. Rows of different trajectories (winners and losers of many pairs)
-        may be concatenated into one batch, with their conditionings concatenated alike.
-
-        Not under ``no_grad``: gradients flow to the LoRA parameters (call it inside ``torch.no_grad()`` for
-        the reference). One UNet pass on 2B rows with guidance (``guidance_scale > 1``), on B rows without.
-
-        Args:
-            latents_t: (B, C, h, w) x at the start of the step (``traj.latents[:, k]``).
-            timesteps: The UNet timestep of the step, ``traj.timesteps[k]``: an int, a 0-d tensor, or (B,) per
-                sample. Must be one of the N-step DDIM schedule's timesteps (a step index passed by mistake
-                raises ``ValueError``).
-            next_latents: (B, C, h, w) the stored result of the step (``traj.latents[:, k + 1]``).
-            cond: The conditioning of the B rows, made as :meth:`sample` makes it
-                (``encode_prompts(prompts, target_size=(H, W))``), or the B prompts themselves (encoded here with
-                the target size ``latents_t``'s size times the VAE scale factor).
-            guidance_scale: The classifier-free guidance scale of the sampling (> 1 enables guidance).
-            eta: The DDIM eta of the sampling (> 0).
-            num_inference_steps: N, the number of steps of the sampled chain (``traj.num_steps``): it fixes the
-                previous timestep ``t - T // N``.
-            negative_cond: The B-row unconditional conditioning for guidance; ``None`` encodes
-                ``negative_prompt`` (pass it to save the text-encoder pass when calling repeatedly).
-            negative_prompt: The unconditional prompt used when ``negative_cond`` is ``None``; ``""`` as in
-                :meth:`sample`.
-
-        Returns:
-            (B,) float32 log-probs (means over latent elements, see ``ddim_step_with_logprob``).
-        """
-        scheduler = DDIMScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(num_inference_steps, device=self.device)
-        batch = latents_t.shape[0]
-        t = torch.as_tensor(timesteps, device=self.device).long()
-        if not torch.isin(t, scheduler.timesteps).all():
-            raise ValueError(f"timesteps {t.tolist()} are not all in the {num_inference_steps}-step DDIM schedule "
-                             f"{scheduler.timesteps.tolist()}; pass traj.timesteps[k], not the step index k")
-        size = (latents_t.shape[-2] * self.vae_scale_factor, latents_t.shape[-1] * self.vae_scale_factor)
-        if not isinstance(cond, dict):
-            if len(cond) != batch:
-                raise ValueError(f"got {len(cond)} prompts for {batch} latents")
-            cond = self.encode_prompts(list(cond), target_size=size)
-        cfg = guidance_scale > 1.0
-        latents_t = latents_t.to(self.device, self.weight_dtype)
-        if cfg:
-            if negative_cond is None:
-                negative_cond = self.encode_prompts([negative_prompt] * batch, target_size=size)
-            cond = cat_conditioning([negative_cond, cond])
-        pred = self.guided_prediction(scheduler, latents_t, t, cond, guidance_scale)
-        _, log_prob = ddim_step_with_logprob(scheduler, pred, t, latents_t, eta=eta,
-                                             prev_sample=next_latents.to(self.device))
-        return log_prob
-
-    # ------------------------------------------------------------------ export
+    # ------------------------------------------------------------------ export (export.py)
     def lora_state_dict(self) -> dict[str, Tensor]:
-        """The LoRA weights in the diffusers key format (``unet.``-less), as ``save_lora`` writes them."""
-        return convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
+        """The LoRA weights in the diffusers key format (``unet.``-less), as :meth:`save_lora` writes them."""
+        return export.lora_state_dict(self.unet)
 
     def save_lora(self, directory: str | Path) -> Path:
-        """Write the LoRA adapters in the diffusers format, atomically.
-
-        ``StableDiffusionPipeline.load_lora_weights(directory)`` (or the XL pipeline) reads the result; the
-        adapter's rank and alpha travel in the file's metadata.
-        """
-        pipeline_cls = StableDiffusionXLPipeline if self.is_sdxl else StableDiffusionPipeline
-        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.lora_state_dict().items()}
-        with atomic_dir(directory) as tmp:
-            pipeline_cls.save_lora_weights(
-                tmp, unet_lora_layers=state, unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict()
-            )
-        return Path(directory)
+        """Write the LoRA adapters in the diffusers format, atomically, to the folder ``directory``
+        (``StableDiffusionPipeline.load_lora_weights(directory)`` or the XL pipeline reads it)."""
+        return export.save_lora(self.unet, directory, sdxl=self.is_sdxl)
 
     def load_lora(self, directory: str | Path) -> None:
-        """Load LoRA weights written by :meth:`save_lora` (or any diffusers-format UNet LoRA of the same rank and
-        target modules) into the adapters. Build the backbone with ``**lora_config(directory)`` to match them."""
-        saved = lora_config(directory)
-        mine = {"lora_rank": self.lora_config.r, "lora_alpha": self.lora_config.lora_alpha,
-                "lora_target_modules": sorted(self.lora_config.target_modules)}
-        if saved and {k: sorted(v) if isinstance(v, list) else v for k, v in saved.items()} != mine:
-            raise ValueError(f"{directory} holds a LoRA with {saved}, this backbone's adapters have {mine}; "
-                             f"build it with DiffusionBackbone(model=..., **lora_config({str(directory)!r}))")
-        state = load_file(Path(directory) / "pytorch_lora_weights.safetensors")
-        state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()})
-        result = set_peft_model_state_dict(self.unet, state, adapter_name="default")
-        if result.unexpected_keys:
-            raise KeyError(f"{directory}: LoRA keys this backbone's adapters do not have: {result.unexpected_keys[:3]}")
-        missing = [k for k in result.missing_keys if "lora_" in k]
-        if missing:
-            raise KeyError(f"{directory}: LoRA lacks weights for {len(missing)} adapter tensors, e.g. {missing[:3]}")
+        """Load LoRA weights written by :meth:`save_lora` from the folder ``directory`` (or any diffusers-format UNet
+        LoRA of the same rank and target modules). Build the backbone with ``**lora_config(directory)`` to match."""
+        export.load_lora(self.unet, self.lora_config, directory)
 
     def base_unet(self) -> UNet2DConditionModel:
         """A copy of the UNet without adapters (the frozen base weights), for saving the base model."""
-        unet = UNet2DConditionModel.from_config(self.unet.config)
-        state = {
-            k.replace(".base_layer", ""): v for k, v in self.unet.state_dict().items() if "lora_" not in k
-        }
-        unet.load_state_dict(state, strict=True)
-        return unet.to(self.weight_dtype)
+        return export.base_unet(self.unet, self.weight_dtype)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Save the frozen base model (no adapters) as a standard diffusers pipeline folder, atomically.
-
-        The layout is that of the official SD / SDXL repositories (``model_index.json``, ``unet/``, ``vae/``,
-        ``text_encoder/``, ``tokenizer/`` with ``vocab.json`` and ``merges.txt``, ``scheduler/``).
-        """
-        parts = dict(
-            vae=self.vae,
-            unet=self.base_unet(),
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            scheduler=DDIMScheduler.from_config(self.scheduler_config),
-        )
-        if self.is_sdxl:
-            pipeline = StableDiffusionXLPipeline(
-                **parts, text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2
-            )
-        else:
-            pipeline = StableDiffusionPipeline(
-                **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-            )
-        with atomic_dir(directory) as tmp:
-            pipeline.save_pretrained(tmp)
-            for name in ("tokenizer", "tokenizer_2"):
-                if (tmp / name).is_dir():
-                    write_bpe_files(tmp / name)
-        return Path(directory)
-
-
-def lora_config(directory: str | Path) -> dict:
-    """The adapter settings (``lora_rank``, ``lora_alpha``, ``lora_target_modules``) stored in the metadata of a
-    LoRA written by :meth:`DiffusionBackbone.save_lora`; empty for a file without them."""
-    from safetensors import safe_open
-
-    with safe_open(str(Path(directory) / "pytorch_lora_weights.safetensors"), "pt") as handle:
-        metadata = handle.metadata() or {}
-    if "lora_adapter_metadata" not in metadata:
-        return {}
-    config = json.loads(metadata["lora_adapter_metadata"])
-    return {"lora_rank": config["unet.r"], "lora_alpha": config["unet.lora_alpha"],
-            "lora_target_modules": list(config["unet.target_modules"])}
-
-
-def _load_components(model: str, revision: str | None, variant: str | None) -> dict:
-    """Load the components of a diffusers SD / SDXL pipeline from a hub id or a local folder."""
-    folder = Path(model)
-    if folder.exists() and not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a diffusers pipeline folder: it has no model_index.json")
-    kw = dict(revision=revision)
-    parts = {
-        "vae": AutoencoderKL.from_pretrained(model, subfolder="vae", variant=variant, **kw),
-        "unet": UNet2DConditionModel.from_pretrained(model, subfolder="unet", variant=variant, **kw),
-        "text_encoder": CLIPTextModel.from_pretrained(model, subfolder="text_encoder", variant=variant, **kw),
-        "tokenizer": CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw),
-        "scheduler": DDIMScheduler.from_pretrained(model, subfolder="scheduler", **kw),
-    }
-    index = StableDiffusionPipeline.load_config(model, **kw)
-    if index.get("text_encoder_2") and index["text_encoder_2"][0] is not None:
-        parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
-            model, subfolder="text_encoder_2", variant=variant, **kw
-        )
-        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2", **kw)
-    return parts
+        """Save the frozen base model (no adapters) to the folder ``directory`` as a standard diffusers pipeline
+        folder, atomically (the layout of the official SD / SDXL repositories)."""
+        return export.save_pretrained(self, directory)

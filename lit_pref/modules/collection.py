@@ -169,7 +169,7 @@ def chain_log_probs(backbone: DiffusionBackbone, latents: Tensor, prompts: list[
         k = steps[:, i]
         step = (latents[rows, k], timesteps.to(device)[k], latents[rows, k + 1])
         theta.append(backbone.step_log_prob(*step, **args))
-        with backbone.no_graph(), backbone.reference():
+        with backbone.reference_forward():
             logp_init = backbone.step_log_prob(*step, **args)
         init.append(logp_init.clone())  # a normal tensor (one made in inference mode cannot be saved for backward)
     return torch.stack(theta, dim=1), torch.stack(init, dim=1)

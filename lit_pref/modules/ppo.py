@@ -10,8 +10,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lit_pref.backbone import DiffusionBackbone
-from lit_pref.backbone.backbone import Conditioning
+from lit_pref.backbone import Conditioning, DiffusionBackbone
 from lit_pref.backbone.ddim_logprob import Trajectory
 from lit_pref.losses.ppo import ppo_clip_loss
 from lit_pref.modules.base import LoRAModule
@@ -173,7 +172,7 @@ class PPOModule(LoRAModule):
                         logp_new = self.step_log_probs(traj, micro, k, cond, negative)
                         logp_ref = None
                         if settings.kl_coef > 0:
-                            with torch.no_grad(), self.backbone.reference():
+                            with self.backbone.reference_forward():
                                 logp_ref = self.step_log_probs(traj, micro, k, cond, negative)
                         loss, stats = ppo_clip_loss(logp_new, traj.log_probs[micro, k], advantages[micro],
                                                     settings.clip_range, settings.adv_clip, logp_ref,

@@ -286,7 +286,7 @@ class TrajectoryDPO(LoRAModule):
         model_err = (backbone.predict(noisy, timesteps, cond).float() - target).pow(2).mean(dim=(1, 2, 3))
         # The reference needs no graph (inference mode, where no strategy forbids it); the clone outside it makes a
         # normal tensor, so any loss may save it for backward (an inference tensor cannot be).
-        with backbone.no_graph(), backbone.reference():
+        with backbone.reference_forward():
             ref_err = (backbone.predict(noisy, timesteps, cond).float() - target).pow(2).mean(dim=(1, 2, 3))
         ref_err = ref_err.clone()
         return model_err[:n], model_err[n:], ref_err[:n], ref_err[n:]

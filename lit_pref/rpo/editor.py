@@ -164,7 +164,7 @@ class _PipelineEditor(Editor):
         if self._backbone is None:
             images = self.pipeline(output_type="pt", **kwargs).images
         else:
-            with self._backbone.reference():
+            with self._backbone.reference_forward():
                 images = self.pipeline(output_type="pt", **kwargs).images
         return images[0].float().clamp(0, 1).cpu()
 

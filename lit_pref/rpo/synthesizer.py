@@ -265,7 +265,7 @@ class PairSynthesizer:
         texts = [prompts[i % len(prompts)] for i in items]
         seeds = [seed + i for i in items]
         generators = [torch.Generator(backbone.device).manual_seed(s) for s in seeds]
-        with backbone.reference() if self.sample_from == "base" else nullcontext():
+        with backbone.reference_forward() if self.sample_from == "base" else nullcontext():
             images = backbone.sample(texts, num_inference_steps=self.num_inference_steps,
                                      guidance_scale=self.guidance_scale, generator=generators,
                                      height=self.height, width=self.width).float().cpu()

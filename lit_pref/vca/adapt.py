@@ -112,7 +112,7 @@ class LiveAdapter:
             both, t2, noise2 = torch.cat([lat_w, lat_l]), torch.cat([t, t]), torch.cat([noise, noise])
             noisy = backbone.noise_scheduler.add_noise(both, noise2, t2)
             model_err = self._errors(noisy, noise2, both, t2, cond)
-            with torch.no_grad(), backbone.reference():
+            with backbone.reference_forward():
                 ref_err = self._errors(noisy, noise2, both, t2, cond)
             n = len(losers)
             loss, _ = diffusion_dpo_loss(model_err[:n], model_err[n:], ref_err[:n], ref_err[n:], self.beta)

@@ -23,7 +23,7 @@ import torch
 from jsonargparse import Namespace, lazy_instance
 
 from lit_pref.backbone import DiffusionBackbone
-from lit_pref.backbone.backbone import lora_config
+from lit_pref.backbone import lora_config
 from lit_pref.commands import SubcommandParser, call, exit_with_error, function_parser
 from lit_pref.vca.adapt import LiveAdapter
 from lit_pref.vca.refiner import PromptRefiner, TemplateRefiner
