@@ -16,9 +16,10 @@ import time
 
 import torch
 
-from lit_pref.datamodules.toy import prompts
+from lit_pref.toy.world import prompts
 from lit_pref.backbone import DiffusionBackbone, lora_config
-from lit_pref.rewards import ToyGroundTruthReward, win_rate
+from lit_pref.rewards import win_rate
+from lit_pref.toy import ToyGroundTruthReward
 
 
 @torch.no_grad()

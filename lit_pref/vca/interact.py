@@ -2,7 +2,7 @@
 
 A person types a prompt and sees K images; picks one and writes feedback; the refiner proposes the next prompt
 (editable); and so on until "finish", which appends the session to ``--output`` as one dialogue line
-(:mod:`lit_pref.datamodules.dialogues`), so it becomes training data. Every round's images are written as PNG files to
+(:mod:`lit_pref.formats.dialogues`), so it becomes training data. Every round's images are written as PNG files to
 ``<output stem>_images/<dialogue id>/r<round>_<k>.png`` beside the output file when they are generated.
 
 The web server (standard library ``http.server``) listens on localhost only and answers requests whose ``Host``
@@ -61,7 +61,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from PIL import Image
 from torch import Tensor
 
-from lit_pref.datamodules.dialogues import Dialogue, Turn, append_dialogue
+from lit_pref.formats.dialogues import Dialogue, Turn, append_dialogue
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import lora_config
 from lit_pref.io import atomic_file
