@@ -17,9 +17,10 @@ import time
 from jsonargparse import ArgumentParser
 import torch
 
-from lit_pref.datamodules.toy import prompts
+from lit_pref.toy.world import prompts
 from lit_pref.backbone import DiffusionBackbone, lora_config
-from lit_pref.rewards import ToyGroundTruthReward, win_rate
+from lit_pref.rewards import win_rate
+from lit_pref.toy import ToyGroundTruthReward
 
 
 @torch.no_grad()

@@ -34,9 +34,10 @@ from lightning.pytorch import seed_everything
 
 from alignment import evaluate
 from lit_pref.datamodules.synthetic import SIZE_RANGES
-from lit_pref.datamodules.toy import Scene, parse_caption, prompts, render
+from lit_pref.toy.world import Scene, parse_caption, prompts, render
 from lit_pref.backbone import DiffusionBackbone
-from lit_pref.rewards import ToyGroundTruthReward, win_rate
+from lit_pref.rewards import win_rate
+from lit_pref.toy import ToyGroundTruthReward
 
 DEMO_RANK = 8  # configs/demo.yaml
 

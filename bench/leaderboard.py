@@ -27,7 +27,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 from alignment import evaluate
-from lit_pref.rewards import ToyGroundTruthReward, win_rate
+from lit_pref.rewards import win_rate
+from lit_pref.toy import ToyGroundTruthReward
 
 RECIPES = [  # every method's toy recipe; DDPO's and VCA-PPO's come with their modules (skipped where absent)
     "configs/toy/trajectory_dpo_best_of_8.yaml",

@@ -43,9 +43,17 @@ from alignment import evaluate  # noqa: E402  (bench/alignment.py)
 from rpo_vs_dpo import train  # noqa: E402  (bench/rpo_vs_dpo.py)
 
 from lit_pref.backbone import DiffusionBackbone  # noqa: E402
-from lit_pref.rewards import ToyGroundTruthReward  # noqa: E402
-from lit_pref.rpo import (Critic, Critique, ControlNetEditor, EditorChain, Img2ImgEditor, InpaintEditor,  # noqa: E402
-                          PairSynthesizer, ToyCritic, ToyEditor, resolve_prompts)
+from lit_pref.rpo import (  # noqa: E402
+    Critic,
+    Critique,
+    ControlNetEditor,
+    EditorChain,
+    Img2ImgEditor,
+    InpaintEditor,
+    PairSynthesizer,
+    resolve_prompts,
+)
+from lit_pref.toy import ToyCritic, ToyEditor, ToyGroundTruthReward  # noqa: E402
 
 ROOT = Path("runs/bench_rpo_editors")
 TOY_PIPELINE = "lit_pref/assets/toy/pipeline"

@@ -19,8 +19,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
 from lit_pref.backbone import DiffusionBackbone
-from lit_pref.rewards import ToyGroundTruthReward
-from lit_pref.rpo import PairSynthesizer, ToyCritic, ToyEditor, resolve_prompts
+from lit_pref.toy import ToyCritic, ToyEditor, ToyGroundTruthReward
+from lit_pref.rpo import PairSynthesizer, resolve_prompts
 
 
 def main() -> None:

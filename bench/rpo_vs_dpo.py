@@ -31,8 +31,9 @@ from alignment import evaluate  # noqa: E402  (bench/alignment.py)
 
 from lit_pref.backbone import DiffusionBackbone  # noqa: E402
 from lit_pref.cli import LitPrefCLI  # noqa: E402
-from lit_pref.rewards import CLIPScore, ToyGroundTruthReward  # noqa: E402
-from lit_pref.rpo import Img2ImgEditor, PairSynthesizer, ToyCritic, ToyEditor, resolve_prompts  # noqa: E402
+from lit_pref.rewards import CLIPScore  # noqa: E402
+from lit_pref.toy import ToyCritic, ToyEditor, ToyGroundTruthReward  # noqa: E402
+from lit_pref.rpo import Img2ImgEditor, PairSynthesizer, resolve_prompts  # noqa: E402
 
 ROOT = Path("runs/bench_rpo_vs_dpo")
 TOY_CLIP = "local-dir:lit_pref/assets/toy/clip"

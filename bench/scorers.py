@@ -19,7 +19,7 @@ import warnings
 from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
-from lit_pref.datamodules.toy import prompts as toy_prompts
+from lit_pref.toy.world import prompts as toy_prompts
 from lit_pref.rewards import AestheticScorer, CLIPScore, HPSv2, ImageReward, PickScore, Scorer
 from lit_pref.rewards.tiny import save_tiny_hpsv2, save_tiny_image_reward, save_tiny_pickscore
 

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import REPO, read_events  # noqa: E402
 
 from lit_pref.callbacks import WinRate  # noqa: E402
-from lit_pref.datamodules import ToyPreferenceDataModule, toy_prompts  # noqa: E402
+from lit_pref.toy import ToyGroundTruthReward, ToyPreferenceDataModule, prompts as toy_prompts  # noqa: E402
 from lit_pref.backbone import DiffusionBackbone  # noqa: E402
 from lit_pref.losses import DiffusionDPOLoss  # noqa: E402
 from lit_pref.modules import TrajectoryDPO  # noqa: E402
-from lit_pref.rewards import CLIPScore, ToyGroundTruthReward, win_rate  # noqa: E402
+from lit_pref.rewards import CLIPScore, win_rate  # noqa: E402
 
 TOY_CLIP = f"local-dir:{REPO / 'lit_pref/assets/toy/clip'}"
 

@@ -2,7 +2,7 @@
 
     python bench/toy_quality.py [--seeds 8] [--steps 25] [--guidance 4.0]
 
-Held-out prompts are the 12 colour-shape combinations never seen in pre-training (lit_pref.datamodules.toy).
+Held-out prompts are the 12 colour-shape combinations never seen in pre-training (lit_pref.toy.world).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import open_clip
 from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
-from lit_pref.datamodules.toy import ToyImageDataset, parse_caption, prompts
+from lit_pref.toy.world import parse_caption, prompts
+from lit_pref.toy.images import ToyImageDataset
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import TOY_PIPELINE
-from lit_pref.rewards import ToyJudge
-from lit_pref.modules.pretrain.clip import OPENAI_MEAN, OPENAI_STD
+from lit_pref.toy import ToyJudge
+from lit_pref.toy.pretrain.clip import OPENAI_MEAN, OPENAI_STD
 
 TOY_CLIP = TOY_PIPELINE.parent / "clip"
 

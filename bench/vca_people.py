@@ -32,7 +32,8 @@ from lit_pref.datamodules.dialogue_pairs import DialoguePairDataset
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules import RewardModel
 from lit_pref.rewards import RewardModelScorer
-from lit_pref.vca import TemplateRefiner, ToySimulatedUser, make_toy_dialogues, play_dialogue, toy_start
+from lit_pref.toy import ToyRefiner, ToySimulatedUser, make_toy_dialogues, toy_start
+from lit_pref.vca import play_dialogue
 from lit_pref.vca.studio import to_pil
 
 
@@ -62,7 +63,7 @@ def record_with_model(backbone: DiffusionBackbone, path: Path, n: int, seed: int
                                        generator=generator).float()
 
         dialogue_id = f"toy-model-{seed}-{i}"
-        turns, shown = play_dialogue(generate, ToySimulatedUser(target), TemplateRefiner(), initial, rounds)
+        turns, shown = play_dialogue(generate, ToySimulatedUser(target), ToyRefiner(), initial, rounds)
         for turn, images in zip(turns, shown):
             turn.images = [f"{image_dir.name}/{dialogue_id}_r{turn.round}_{j}.png" for j in range(k)]
             for name, image in zip(turn.images, images):

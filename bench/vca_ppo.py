@@ -23,9 +23,8 @@ from lightning.pytorch import Trainer
 from lit_pref.datamodules import DialogueDataModule
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules import VCAPPO, PPOSettings
-from lit_pref.rewards import RoundWeightSchedule, ToyGroundTruthReward, VCAReward
-from lit_pref.vca import make_toy_dialogues
-from lit_pref.vca.dialogue_users import ToyDialogueUsers
+from lit_pref.rewards import RoundWeightSchedule, VCAReward
+from lit_pref.toy import ToyDialogueUsers, ToyGroundTruthReward, ToyRefiner, make_toy_dialogues
 
 
 def median_time(fn, repeats: int) -> float:
@@ -61,7 +60,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for name in args.models:
             reward = VCAReward(ToyGroundTruthReward(), RoundWeightSchedule(), clip_model="toy", device=device)
-            model = VCAPPO(DiffusionBackbone(model=name, lora_rank=4), reward, ToyDialogueUsers(), num_rounds=1,
+            model = VCAPPO(DiffusionBackbone(model=name, lora_rank=4), reward, ToyDialogueUsers(),
+                           refiner=ToyRefiner(), num_rounds=1,
                            num_inference_steps=args.steps, guidance_scale=args.guidance,
                            ppo=PPOSettings(num_images=args.num_images, minibatch_size=8,
                                            step_fraction=args.step_fraction, min_count=args.num_images))

@@ -4,9 +4,9 @@
     python bench/vca_rounds.py --lora runs/vca/version_0/lora     # the base and the LoRA, same dialogues and noise
     python bench/vca_rounds.py --adapt --seeds 10 11 12           # also the base adapting live, as interact --adapt
 
-Each dialogue starts from :func:`lit_pref.vca.toy_start` (a hidden target caption; an initial prompt that differs
+Each dialogue starts from :func:`lit_pref.toy.toy_start` (a hidden target caption; an initial prompt that differs
 in 1-3 attributes) and is played by :func:`lit_pref.vca.play_dialogue`: K images of the current prompt from the
-model, :class:`~lit_pref.vca.ToySimulatedUser` picks one and asks for one change, :class:`~lit_pref.vca.TemplateRefiner`
+model, :class:`~lit_pref.toy.ToySimulatedUser` picks one and asks for one change, :class:`~lit_pref.toy.ToyRefiner`
 rewrites the prompt. The user is satisfied when the chosen image shows all four attributes with the shape near the
 centre (centredness >= 0.8); the captions cannot ask for position, so that part comes from the model alone.
 Round ``t`` of dialogue ``i`` uses the same initial noise for every model. Reports, per model: the share of
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from lit_pref.backbone import DiffusionBackbone, lora_config
-from lit_pref.vca import TemplateRefiner, ToySimulatedUser, play_dialogue, toy_start
+from lit_pref.toy import ToyRefiner, ToySimulatedUser, toy_start
+from lit_pref.vca import play_dialogue
 from lit_pref.vca.adapt import LiveAdapter
 
 
@@ -66,7 +67,7 @@ def play(backbone: DiffusionBackbone, starts: list[tuple[str, str]], rounds: int
             user = AdaptingUser(target, adapter)
         else:
             user = ToySimulatedUser(target)
-        turns, shown = play_dialogue(generate, user, TemplateRefiner(), initial, rounds)
+        turns, shown = play_dialogue(generate, user, ToyRefiner(), initial, rounds)
         adapt_seconds += getattr(user, "seconds", [])
         images += sum(len(s) for s in shown)
         reached.append(len(turns) if turns[-1].user_feedback == "perfect" else None)

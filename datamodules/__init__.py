@@ -1,15 +1,17 @@
-"""Data modules of lit_pref: preference pairs (files, synthetic, toy world), toy images, prompt lists and dialogues."""
+"""Data modules of lit_pref: preference pairs (files, synthetic, rich pairs), prompt lists and dialogues.
 
-from .dialogues import Dialogue, DialogueDataModule, DialogueFormatError, Turn, append_dialogue, read_dialogues
+They read the file formats of :mod:`lit_pref.formats` (re-exported here: the dialogue reader and writer); the toy
+world's data modules are in :mod:`lit_pref.toy`.
+"""
+
+from lit_pref.formats.dialogues import Dialogue, DialogueFormatError, Turn, append_dialogue, read_dialogues
+
+from .dialogues import DialogueDataModule
 from .preference_pairs import BadRowError, PreferencePairDataModule, PreferencePairDataset, collate_pairs
 from .prompts import PromptDataModule
 from .resumable import EpochSampler, ResumableLoader
 from .rich_pairs import RichPreferenceDataModule
 from .synthetic import SyntheticPreferenceDataModule, draw_shape, make_synthetic_pairs
-from .toy import HELDOUT_COMBOS, Scene, ToyImageDataModule, ToyImageDataset, parse_caption, render, sample_scene
-from .toy import caption as toy_caption
-from .toy import prompts as toy_prompts  # not `prompts`: that would shadow the submodule lit_pref.datamodules.prompts
-from .toy_pairs import ToyPreferenceDataModule
 
 __all__ = [
     "Dialogue",
@@ -29,14 +31,4 @@ __all__ = [
     "collate_pairs",
     "draw_shape",
     "make_synthetic_pairs",
-    "HELDOUT_COMBOS",
-    "Scene",
-    "ToyImageDataModule",
-    "ToyImageDataset",
-    "parse_caption",
-    "render",
-    "sample_scene",
-    "toy_caption",
-    "toy_prompts",
-    "ToyPreferenceDataModule",
 ]

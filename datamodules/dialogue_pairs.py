@@ -34,8 +34,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lit_pref.commands import function_parser
+from lit_pref.formats.dialogues import Dialogue, read_dialogues
+from lit_pref.io import atomic_file
 
-from .dialogues import Dialogue, read_dialogues
 from .preference_pairs import _resize_shorter, _to_tensor, collate_pairs
 
 __all__ = ["DialoguePair", "DialoguePairDataset", "dialogue_pairs", "export_pairs", "main", "round_prompt"]
@@ -105,7 +106,7 @@ class DialoguePairDataset(Dataset):
     ``satisfaction`` (NaN when not recorded).
 
     Args:
-        path: A dialogue ``.jsonl`` file (:mod:`lit_pref.datamodules.dialogues` format).
+        path: A dialogue ``.jsonl`` file (:mod:`lit_pref.formats.dialogues` format).
         resolution: Side of the square output images.
         check_images: Check that every listed image file exists when reading (an error names the file and line).
     """
@@ -173,8 +174,6 @@ def export_pairs(path: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[i
         DialogueFormatError: for an invalid dialogue file or a missing image (naming the file and line).
         ValueError: when no round gives a pair.
     """
-    from lit_pref.io import atomic_file
-
     pairs, without = dialogue_pairs(read_dialogues(path), Path(path).parent)
     if not pairs:
         raise ValueError(f"{path}: no round has 'images' (at least 2) and 'chosen'; no pairs to write "

@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Literal
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_pref.io import atomic_dir, atomic_file
+from lit_pref.io import atomic_file
 
 from .preference_pairs import PreferencePairDataModule
-
-PAIR_SCHEMA = pa.schema(
-    [("caption", pa.string()), ("jpg_0", pa.binary()), ("jpg_1", pa.binary()), ("label_0", pa.float64())]
-)
-
-
-def write_pairs_parquet(table: pa.Table, path: str | os.PathLike, rows_per_file: int | None = None) -> Path:
-    """Write a Pick-a-Pic-layout table atomically: a ``.parquet`` file, or with ``rows_per_file`` a folder of
-    shards ``part-00000.parquet``, ... An interrupted write never leaves a half-written data set at ``path``."""
-    path = Path(path)
-    if rows_per_file is None:
-        with atomic_file(path) as tmp:
-            pq.write_table(table, tmp)
-    else:
-        with atomic_dir(path) as tmp:
-            for shard, start in enumerate(range(0, table.num_rows, rows_per_file)):
-                pq.write_table(table.slice(start, rows_per_file), tmp / f"part-{shard:05d}.parquet")
-    return path
 
 
 class GeneratedPairsDataModule(PreferencePairDataModule):

@@ -70,9 +70,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from lit_pref.formats.jsonl import read_json_line
+
 from .encoding_cache import EncodingStore
 from .image_modes import to_rgb
-from .jsonl import read_json_line
 from .resumable import EpochSampler, ResumableLoader
 
 CACHED_ROW_GROUPS = 4  # parquet row groups of images kept in memory per process

@@ -7,23 +7,9 @@ from typing import Literal
 
 from torch.utils.data import ConcatDataset, DataLoader
 
+from lit_pref.formats.rich_pairs import complete_rounds
+
 from .preference_pairs import PreferencePairDataModule
-
-
-STATS_FILE = "_stats.json"  # written by lit_pref.rpo.PairSynthesizer when a synthesis run is complete
-
-
-def round_dir(pairs_dir: str | Path, index: int) -> Path:
-    """The folder of synthesis round ``index``: ``<pairs_dir>/round-0000``, ``round-0001``..."""
-    return Path(pairs_dir) / f"round-{index:04d}"
-
-
-def complete_rounds(pairs_dir: str | Path) -> list[Path]:
-    """The round folders of ``pairs_dir`` whose synthesis finished (they hold ``_stats.json``), oldest first."""
-    folder = Path(pairs_dir)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("round-[0-9][0-9][0-9][0-9]") if (p / STATS_FILE).is_file())
 
 
 class _Rounds(ConcatDataset):

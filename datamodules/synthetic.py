@@ -20,7 +20,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from .generated import PAIR_SCHEMA, GeneratedPairsDataModule, write_pairs_parquet
+from lit_pref.formats.pairs import PAIR_SCHEMA, write_pairs_parquet
+
+from .generated import GeneratedPairsDataModule
 
 __all__ = [
     "BACKGROUNDS",

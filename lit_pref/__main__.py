@@ -44,7 +44,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                            "model, turn by turn (VCA)"),
     "dialogues-to-pairs": Subcommand("lit_pref.datamodules.dialogue_pairs:main", "a dialogue file's choices as "
                                      "preference pairs (a Pick-a-Pic parquet shard)"),
-    "make-toy-dialogues": Subcommand("lit_pref.vca.user:main", "toy dialogues played between a simulated user and "
+    "make-toy-dialogues": Subcommand("lit_pref.toy.user:main", "toy dialogues played between a simulated user and "
                                      "the refiner, as a dialogue JSONL file"),
 }
 

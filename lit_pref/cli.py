@@ -18,7 +18,6 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lit_pref import callbacks
 from lit_pref import datamodules
 import lit_pref.modules
-import lit_pref.modules.pretrain
 from lit_pref.callbacks.run_summary import RunSummary
 from lit_pref.callbacks.tensorboard_layout import TensorBoardLayout
 from lit_pref.checkpointing import AtomicCheckpointIO, FinalLastCheckpoint
@@ -37,10 +36,11 @@ def _class_names(package: Any, base: type) -> list[str]:
 
 def fit_description() -> str:
     """``fit --help``'s description: the methods and data modules by the short names ``--model``/``--data`` take."""
-    methods = _class_names(lit_pref.modules, LightningModule) + _class_names(lit_pref.modules.pretrain, LightningModule)
+    methods = _class_names(lit_pref.modules, LightningModule)
     data = _class_names(datamodules, LightningDataModule)
     return (f"Train a model. Methods (--model NAME): {', '.join(methods)}. Data modules (--data NAME): "
-            f"{', '.join(data)}. Callbacks: {', '.join(callbacks.__all__)} (lit_pref.callbacks.NAME). "
+            f"{', '.join(data)}. Callbacks: {', '.join(callbacks.__all__)} (lit_pref.callbacks.NAME). The toy "
+            f"world's data and pre-training modules go by class path (--data lit_pref.toy.ToyPreferenceDataModule). "
             f"`{PROG} fit --model.help NAME` lists a class's options; configs/ holds a recipe of each method.")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_pref.datamodules.dialogues import Dialogue, Turn, append_dialogue, read_dialogues
+from lit_pref.formats.dialogues import Dialogue, Turn, append_dialogue, read_dialogues
 from lit_pref.io import atomic_dir, atomic_file
 
 

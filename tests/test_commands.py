@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO
 from lit_pref.__main__ import SUBCOMMANDS, main
 from lit_pref.commands import one_line
-from lit_pref.vca import make_toy_dialogues
+from lit_pref.toy import make_toy_dialogues
 
 
 @pytest.mark.parametrize("name", list(SUBCOMMANDS))

@@ -12,7 +12,7 @@ import yaml
 from conftest import REPO
 from lit_pref.__main__ import main
 from lit_pref.datamodules.prompts import read_prompts
-from lit_pref.datamodules.toy import HELDOUT_COMBOS, prompts
+from lit_pref.toy.world import HELDOUT_COMBOS, prompts
 
 # Training configs, each run alone (`fit --config X.yaml`). Parsed elsewhere: configs/strategy/*.yaml compose after
 # a method config (tests/test_distributed.py); the synthesize-pairs configs (configs/**/synthesize*.yaml) in

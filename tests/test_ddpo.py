@@ -11,7 +11,7 @@ from conftest import read_events
 from lit_pref.datamodules import PromptDataModule
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules import DDPO, VCAPPO, PPOModule, PPOSettings
-from lit_pref.rewards import ToyGroundTruthReward
+from lit_pref.toy import ToyGroundTruthReward
 
 PROMPTS = ["a large red circle on a white background", "a small yellow square on a black background"]
 STEPS = 6  # DDIM steps of every chain

@@ -12,7 +12,7 @@ from lit_pref.losses import DiffusionDPOLoss, discount_weights
 from lit_pref.modules import DenseDiscountedDPO, TrajectoryDPO, TrajectorySettings
 from lit_pref.modules.collection import chain_log_probs, draw_comparisons
 from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup, spread_ranks
-from lit_pref.rewards import ToyGroundTruthReward
+from lit_pref.toy import ToyGroundTruthReward
 
 PROMPTS = ["a small red circle on a white background", "a large blue square on a black background"]
 SETTINGS = TrajectorySettings(collect_every=3, rollouts_per_prompt=4, kept_per_prompt=3, buffer_capacity=8,

@@ -19,7 +19,7 @@ from lit_pref.datamodules import DialogueDataModule, DialogueFormatError, Prefer
 from lit_pref.datamodules.dialogue_pairs import DialoguePairDataset
 from lit_pref.__main__ import main
 from lit_pref.modules.reward_model import RewardModel
-from lit_pref.vca import make_toy_dialogues
+from lit_pref.toy import make_toy_dialogues
 
 
 def _image(path, value: int) -> None:

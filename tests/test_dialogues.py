@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from lit_pref.datamodules import Dialogue, DialogueDataModule, DialogueFormatError, Turn, append_dialogue, read_dialogues
-from lit_pref.datamodules.toy import Scene, render
-from lit_pref.vca import CausalLMRefiner, TemplateRefiner, ToySimulatedUser, make_toy_dialogues, toy_edits
+from lit_pref.toy.world import Scene, render
+from lit_pref.toy import ToyRefiner, ToySimulatedUser, make_toy_dialogues, toy_edits
+from lit_pref.vca import CausalLMRefiner, TemplateRefiner
 
 RED = "a small red circle on a white background"
 
@@ -187,8 +188,8 @@ def test_datamodule_yields_lists_of_dialogues_each_once_per_epoch(tmp_path):
         ("make it blue then make it yellow", "a small yellow circle on a white background"),  # the later one wins
     ],
 )
-def test_template_refiner_rewrites_toy_captions(feedback, expected):
-    assert TemplateRefiner().refine(RED, feedback, []) == expected
+def test_toy_refiner_rewrites_toy_captions(feedback, expected):
+    assert ToyRefiner().refine(RED, feedback, []) == expected
 
 
 @pytest.mark.parametrize(
@@ -202,8 +203,22 @@ def test_template_refiner_rewrites_toy_captions(feedback, expected):
         ("a photo of a cat", "perfect", "a photo of a cat"),
     ],
 )
-def test_template_refiner_appends_other_feedback_as_a_clause(prompt, feedback, expected):
+def test_toy_refiner_appends_other_feedback_as_a_clause(prompt, feedback, expected):
+    assert ToyRefiner().refine(prompt, feedback, []) == expected
+
+
+@pytest.mark.parametrize(
+    "prompt,feedback,expected",
+    [
+        ("a photo of a cat", "Make it fluffier.", "a photo of a cat, Make it fluffier"),
+        (RED, "make it green", RED + ", make it green"),  # the default knows no toy phrases
+        (RED, "perfect", RED + ", perfect"),
+        ("a photo of a cat", "  ", "a photo of a cat"),
+    ],
+)
+def test_template_refiner_is_generic_and_appends_feedback_as_a_clause(prompt, feedback, expected):
     assert TemplateRefiner().refine(prompt, feedback, []) == expected
+    assert TemplateRefiner().feedback_phrases() is None  # free text
 
 
 def test_toy_edits():
@@ -244,7 +259,7 @@ def test_causal_lm_refiner_decodes_greedily_and_falls_back_on_an_empty_reply(tmp
     assert user == f"Earlier rounds:\nRound 1 prompt: {RED}\nRound 1 feedback: make it green\n\n" \
                    "Current prompt: p2\nFeedback: make it large\nNew prompt:"
     silent = CausalLMRefiner(_tiny_chat_model(tmp_path / "eos", "<eos>"))
-    assert silent.refine(RED, "make it green", []) == "a small green circle on a white background"
+    assert silent.refine(RED, "make it green", []) == RED + ", make it green"  # the generic TemplateRefiner
 
 
 def test_causal_lm_refiner_cleans_replies():
@@ -287,7 +302,7 @@ def test_toy_dialogues_parse_back_and_replay(tmp_path):
     dialogues = make_toy_dialogues(path, n=6, rounds=5, seed=3, save_images=True)
     assert read_dialogues(path) == dialogues and len(dialogues) == 6
     assert len({d.dialogue_id for d in dialogues}) == 6
-    refiner = TemplateRefiner()
+    refiner = ToyRefiner()
     finished = 0
     for d in dialogues:
         assert d.category == "toy" and d.turns[0].prompt == d.initial_prompt and 1 <= len(d.turns) <= 5
@@ -313,8 +328,8 @@ def test_toy_dialogues_parse_back_and_replay(tmp_path):
 
 
 def test_toy_start_changes_one_to_max_changes_attributes():
-    from lit_pref.datamodules.toy import parse_caption
-    from lit_pref.vca import toy_start
+    from lit_pref.toy.world import parse_caption
+    from lit_pref.toy import toy_start
 
     rng = np.random.default_rng(0)
     counts = set()

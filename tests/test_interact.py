@@ -29,7 +29,7 @@ FAST = ["--backbone.init_args.model", "toy", "--num_inference_steps", "2", "--de
 @pytest.fixture
 def server(tmp_path):
     cfg = parse_args([*FAST, "--output", str(tmp_path / "out" / "d.jsonl"), "--port", "0", "--num_images", "3",
-                      "--category", "test"])
+                      "--category", "test", "--refiner", "lit_pref.toy.ToyRefiner"])
     studio = studio_from_args(cfg)
     srv = make_server(studio, cfg.host, cfg.port)
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -131,7 +131,7 @@ def test_terminal_mode_reads_stdin_and_writes_the_same_format(tmp_path, monkeypa
                GREEN, "1", "", ""]  # session 2 ends with the input, after choosing image 1
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(answers) + "\n"))
     out = tmp_path / "t.jsonl"
-    main([*FAST, "--output", str(out), "--terminal", "true", "--num_images", "2"])
+    main([*FAST, "--output", str(out), "--terminal", "true", "--num_images", "2", "--refiner", "lit_pref.toy.ToyRefiner"])
     printed = capsys.readouterr().out
     assert "please type a number from 1 to 2" in printed and "please type a number from 0 to 1" in printed
     assert f"next prompt: {GREEN}" in printed
@@ -168,7 +168,8 @@ def test_lora_option_loads_the_adapter_with_its_rank(tmp_path):
 def test_shipped_interact_configs_parse(name):
     cfg = parse_args(["--config", str(REPO / "configs" / "interact" / name)])
     assert cfg.backbone.class_path == "lit_pref.backbone.DiffusionBackbone" and cfg.host == "127.0.0.1"
-    assert cfg.refiner.class_path.startswith("lit_pref.vca.refiner.")
+    assert cfg.refiner.class_path == {"toy.yaml": "lit_pref.toy.ToyRefiner",
+                                      "sd15.yaml": "lit_pref.vca.refiner.CausalLMRefiner"}[name]
 
 
 def test_default_refiner_is_the_template_refiner(tmp_path):

@@ -20,7 +20,8 @@ def test_page_shows_vocabulary_progress_choice_and_a_stopped_server(tmp_path):
     shots = Path(os.environ.get("PAGE_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     cfg = parse_args(["--backbone.init_args.model", "toy", "--num_inference_steps", "40", "--device", "cpu",
-                      "--output", str(tmp_path / "d.jsonl"), "--port", "0", "--num_images", "3"])
+                      "--output", str(tmp_path / "d.jsonl"), "--port", "0", "--num_images", "3",
+                      "--refiner", "lit_pref.toy.ToyRefiner"])
     server = make_server(studio_from_args(cfg), cfg.host, cfg.port)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

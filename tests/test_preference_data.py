@@ -624,13 +624,13 @@ def test_synthetic_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["train.parquet"]
     before = target.read_bytes()
 
-    import lit_pref.datamodules.generated as generated
+    import lit_pref.formats.pairs as pairs_format
 
     def interrupted_write(table, where, *args, **kwargs):
         Path(where).write_bytes(b"PAR1 half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(generated.pq, "write_table", interrupted_write)
+    monkeypatch.setattr(pairs_format.pq, "write_table", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
         make_synthetic_pairs(tmp_path / "train.parquet", num_pairs=8, seed=1)
     with pytest.raises(KeyboardInterrupt):

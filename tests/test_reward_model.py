@@ -15,13 +15,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from conftest import read_events
-from lit_pref.datamodules import PreferencePairDataModule, render, sample_scene
-from lit_pref.datamodules.generated import PAIR_SCHEMA, write_pairs_parquet
+from lit_pref.datamodules import PreferencePairDataModule
+from lit_pref.toy import BradleyTerryLabeller, ToyGroundTruthReward, render, sample_scene
+from lit_pref.formats.pairs import PAIR_SCHEMA, write_pairs_parquet
 from lit_pref.datamodules.synthetic import COLOURS, SHAPES, random_placement
-from lit_pref.datamodules.toy import Scene
+from lit_pref.toy.world import Scene
 from lit_pref.losses import bradley_terry_loss
 from lit_pref.modules import RewardModel
-from lit_pref.rewards import BradleyTerryLabeller, RewardModelScorer, ToyGroundTruthReward
+from lit_pref.rewards import RewardModelScorer
 
 
 def test_bradley_terry_loss_by_hand():

@@ -15,12 +15,13 @@ from PIL import Image
 
 from conftest import REPO, read_events
 from lit_pref.datamodules import PreferencePairDataModule, RichPreferenceDataModule
-from lit_pref.datamodules.toy import Scene, render
+from lit_pref.toy.world import Scene, render
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss
 from lit_pref.modules import RichPreferenceDPO
-from lit_pref.rewards import CLIPScore, ToyGroundTruthReward, ToyJudge
-from lit_pref.rpo import PairSynthesizer, ToyCritic, ToyEditor, read_stats
+from lit_pref.rewards import CLIPScore
+from lit_pref.toy import ToyCritic, ToyEditor, ToyGroundTruthReward, ToyJudge
+from lit_pref.rpo import PairSynthesizer, read_stats
 from lit_pref.rpo.cli import build_parser
 
 PROMPTS = ["a large red circle on a white background", "a small blue square on a black background",
@@ -209,7 +210,7 @@ def test_synthesize_pairs_subcommand_writes_pairs_config_and_stats(tmp_path, cap
     assert pq.read_table(out).num_rows == 2 and read_stats(out).kept == 2
     assert "2 kept" in capsys.readouterr().out
     config = (out / "_config.yaml").read_text()
-    assert "class_path: lit_pref.rpo.ToyCritic" in config and "margin: -100.0" in config
+    assert "class_path: lit_pref.toy.ToyCritic" in config and "margin: -100.0" in config
 
 
 SYNTHESIS_CONFIGS = sorted(REPO.glob("configs/**/synthesize*.yaml"))

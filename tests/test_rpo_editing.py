@@ -14,11 +14,21 @@ import pytest
 import torch
 from PIL import Image
 
-from lit_pref.datamodules.toy import Scene, render
+from lit_pref.toy.world import Scene, render
 from lit_pref.backbone import DiffusionBackbone
-from lit_pref.rewards import ToyGroundTruthReward
-from lit_pref.rpo import (CannyEdges, ControlNetEditor, Critique, Edit, Editor, EditorChain, InpaintEditor,
-                          PairSynthesizer, ToyCritic, ToyEditor, parse_grounding, read_stats)
+from lit_pref.toy import ToyCritic, ToyEditor, ToyGroundTruthReward
+from lit_pref.rpo import (
+    CannyEdges,
+    ControlNetEditor,
+    Critique,
+    Edit,
+    Editor,
+    EditorChain,
+    InpaintEditor,
+    PairSynthesizer,
+    parse_grounding,
+    read_stats,
+)
 from lit_pref.rpo.controlnet import canny
 from lit_pref.rpo.editor import region_mask
 
@@ -348,7 +358,7 @@ def test_sdxl_recipe_runs_end_to_end_on_tiny_sdxl_components(tmp_path, capsys):
     tiny = save_tiny_sdxl_pipelines(tmp_path)
     reward = save_tiny_image_reward(tmp_path / "image_reward")
     recipe["policy"]["init_args"].update(model="tiny-sdxl", dtype="float32")
-    synth["critic"] = {"class_path": "lit_pref.rpo.ToyCritic"}
+    synth["critic"] = {"class_path": "lit_pref.toy.ToyCritic"}
     for editor, model in ((chain["editors"]["local"], tiny["inpaint"]), (chain["default"], tiny["ip2p"])):
         editor["init_args"].update(model=model, dtype="float32", num_inference_steps=2, device="cpu")
     chain["editors"]["global"]["init_args"].update(controlnet=tiny["controlnet"], num_inference_steps=2)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lit_pref.datamodules import ToyImageDataset
+from lit_pref.toy import ToyImageDataset
 from lit_pref.rewards import AestheticScorer, CLIPScore
 from lit_pref.rewards.aesthetic import AestheticMLP
 from lit_pref.rewards.clip_score import clip_preprocess

@@ -11,13 +11,13 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from lit_pref.datamodules import ToyPreferenceDataModule, toy_prompts
+from lit_pref.toy import ToyGroundTruthReward, ToyPreferenceDataModule, prompts as toy_prompts
 from lit_pref.datamodules.synthetic import draw_shape, random_placement
-from lit_pref.datamodules.toy import parse_caption
+from lit_pref.toy.world import parse_caption
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss
 from lit_pref.modules import TrajectoryDPO
-from lit_pref.rewards import ToyGroundTruthReward, win_rate
+from lit_pref.rewards import win_rate
 
 
 def test_toy_pairs_are_labelled_by_the_hidden_reward_and_cached(tmp_path):
@@ -48,8 +48,8 @@ def test_best_and_worst_of_n_candidates_make_each_pair():
     """With 4 candidates per pair, each pair holds the highest- and the lowest-rewarded of its 4 samples (each
     sample redrawn here from its own noise seed, seed * 1000003 + its index), in sampling order; with 2, the two
     samples as they were drawn."""
-    from lit_pref.datamodules.toy_pairs import sample_labelled_pairs
-    from lit_pref.rewards import BradleyTerryLabeller
+    from lit_pref.toy.pairs import sample_labelled_pairs
+    from lit_pref.toy import BradleyTerryLabeller
 
     backbone = DiffusionBackbone(model="toy").eval()
     reward = ToyGroundTruthReward()

@@ -10,13 +10,12 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 from lightning.pytorch import Trainer
 
-from lit_pref.datamodules import ToyImageDataModule, ToyImageDataset, parse_caption, toy_prompts
+from lit_pref.toy import ToyImageDataModule, ToyImageDataset, ToyJudge, parse_caption, prompts as toy_prompts
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import TOY_PIPELINE
 from lit_pref.backbone.tokenizer import offline_clip_tokenizer, reduced_clip_tokenizer
-from lit_pref.modules.pretrain import CLIPPretrain, TextToImagePretrain, VAEPretrain
-from lit_pref.modules.pretrain.clip import OPENAI_MEAN, OPENAI_STD
-from lit_pref.rewards import ToyJudge
+from lit_pref.toy.pretrain import CLIPPretrain, TextToImagePretrain, VAEPretrain
+from lit_pref.toy.pretrain.clip import OPENAI_MEAN, OPENAI_STD
 
 TOY_CLIP = TOY_PIPELINE.parent / "clip"
 

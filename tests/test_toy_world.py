@@ -11,18 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from lit_pref.datamodules.synthetic import COLOURS, SHAPES, draw_shape
-from lit_pref.datamodules.toy import (
-    HELDOUT_COMBOS,
-    ToyImageDataModule,
-    ToyImageDataset,
-    caption,
-    parse_caption,
-    prompts,
-    render,
-    sample_scene,
-)
-from lit_pref.rewards import BradleyTerryLabeller, Scorer, ToyGroundTruthReward, ToyJudge
-from lit_pref.rewards.toy import _label_components
+from lit_pref.rewards import Scorer
+from lit_pref.toy import BradleyTerryLabeller, ToyGroundTruthReward, ToyJudge
+from lit_pref.toy.images import ToyImageDataModule, ToyImageDataset
+from lit_pref.toy.judge import _label_components
+from lit_pref.toy.world import HELDOUT_COMBOS, caption, parse_caption, prompts, render, sample_scene
 
 R = 32
 

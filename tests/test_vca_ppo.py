@@ -11,14 +11,13 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from conftest import read_events
-from lit_pref.datamodules import DialogueDataModule, Turn, parse_caption
 from lit_pref.backbone import DiffusionBackbone
+from lit_pref.datamodules import DialogueDataModule, Turn
 from lit_pref.losses import ppo_clip_loss
 from lit_pref.modules import VCAPPO, PPOSettings
 from lit_pref.modules.reward_model import RewardModel
-from lit_pref.rewards import RewardModelScorer, RoundWeightSchedule, ToyGroundTruthReward, VCAReward
-from lit_pref.vca import TemplateRefiner, make_toy_dialogues
-from lit_pref.vca.dialogue_users import ToyDialogueUsers, toy_target
+from lit_pref.rewards import RewardModelScorer, RoundWeightSchedule, VCAReward
+from lit_pref.toy import ToyDialogueUsers, ToyGroundTruthReward, ToyRefiner, make_toy_dialogues, parse_caption, toy_target
 
 
 class RecordingReward(VCAReward):
@@ -36,7 +35,8 @@ class RecordingReward(VCAReward):
 
 def make_model() -> VCAPPO:
     reward = RecordingReward(ToyGroundTruthReward(), RoundWeightSchedule(num_rounds=2), clip_model="toy")
-    return VCAPPO(DiffusionBackbone(model="toy", lora_rank=4), reward, ToyDialogueUsers(), num_rounds=2,
+    return VCAPPO(DiffusionBackbone(model="toy", lora_rank=4), reward, ToyDialogueUsers(),
+                  refiner=ToyRefiner(), num_rounds=2,
                   num_inference_steps=4, guidance_scale=4.0, ppo=PPOSettings(num_images=2, min_count=2),
                   hidden_reward=ToyGroundTruthReward(),
                   optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
@@ -73,7 +73,7 @@ def test_the_chosen_image_is_carried_into_the_next_rounds_consistency(tmp_path):
         # The user's feedback on that image made the second round's prompt.
         turn = played["dialogues"][i].turns[0]
         assert turn.user_feedback == user.feedback(first["images"][i, chosen])
-        assert second["prompts"][i] == TemplateRefiner().refine(first["prompts"][i], turn.user_feedback, [turn])
+        assert second["prompts"][i] == ToyRefiner().refine(first["prompts"][i], turn.user_feedback, [turn])
     assert played["rounds"][0]["reward_consistency"] == 1.0  # nothing to be consistent with in round 1
     cos = F.cosine_similarity(model.reward.embed_images(second["images"].flatten(0, 1)).view(2, 2, -1),
                               second["previous"][:, None], dim=-1)
@@ -119,7 +119,8 @@ def test_short_fit_logs_every_round_improves_the_surrogate_and_the_dialogues_rea
     RewardModel(clip_model="toy", hidden_dim=8).save_pretrained(tmp_path / "rm")  # an untrained head: plumbing only
     reward = RecordingReward(RewardModelScorer(str(tmp_path / "rm")), RoundWeightSchedule(num_rounds=3),
                              clip_model="toy")
-    model = SurrogateCheck(DiffusionBackbone(model="toy", lora_rank=4), reward, ToyDialogueUsers(), num_rounds=3,
+    model = SurrogateCheck(DiffusionBackbone(model="toy", lora_rank=4), reward, ToyDialogueUsers(),
+                           refiner=ToyRefiner(), num_rounds=3,
                            num_inference_steps=4, guidance_scale=4.0, hidden_reward=ToyGroundTruthReward(),
                            ppo=PPOSettings(num_images=2, minibatch_size=4, step_fraction=1.0, min_count=2),
                            optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))

@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_pref.datamodules import render, sample_scene
-from lit_pref.rewards import (
-    RoundWeightSchedule,
-    ToyGroundTruthReward,
-    VCAReward,
-    consistency_reward,
-    diversity_reward,
-    mutual_information_reward,
-    total_reward,
-)
+from lit_pref.toy import ToyGroundTruthReward, render, sample_scene
+from lit_pref.rewards import RoundWeightSchedule, VCAReward, consistency_reward, diversity_reward, mutual_information_reward, total_reward
 
 
 def test_diversity_is_one_minus_the_mean_cosine_to_the_other_images():

@@ -41,7 +41,7 @@ class DDPO(PPOModule):
         Args:
             backbone: The diffusion model with LoRA adapters (the policy).
             scorer: The reward of an image for its prompt (higher is better), e.g.
-                ``lit_pref.rewards.AestheticScorer`` or ``lit_pref.rewards.ToyGroundTruthReward``.
+                ``lit_pref.rewards.AestheticScorer`` or ``lit_pref.toy.ToyGroundTruthReward``.
             optimizer: Optimizer factory, called with the LoRA parameters only.
             scheduler: Learning-rate scheduler factory, stepped every optimizer step; ``None`` = constant.
             num_inference_steps: DDIM steps of every sampled chain (ddpo: 50).

@@ -14,11 +14,11 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from lit_pref.datamodules.rich_pairs import round_dir
 from lit_pref.backbone import DiffusionBackbone
+from lit_pref.formats.rich_pairs import read_stats, round_dir
 from lit_pref.losses import DiffusionDPOLoss, PairLoss
 from lit_pref.modules.trajectory_dpo import TiesPolicy, TrajectoryDPO
-from lit_pref.rpo import PairSynthesizer, read_stats, resolve_prompts
+from lit_pref.rpo import PairSynthesizer, resolve_prompts
 
 ROUND_SEED_STRIDE = 1_000_003  # round r samples its items with seeds synthesis_seed + r * stride + i
 

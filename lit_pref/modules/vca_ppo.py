@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from PIL import Image
 from torch import Tensor
 
-from lit_pref.datamodules.dialogues import Dialogue, Turn
+from lit_pref.formats.dialogues import Dialogue, Turn
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.modules.ppo import PPOModule, PPOSettings
 from lit_pref.rewards import Scorer
@@ -79,7 +79,7 @@ class VCAPPO(PPOModule):
         Args:
             backbone: The diffusion model with LoRA adapters (the policy).
             reward: The VCA-style reward terms and their weight schedule (``lit_pref.rewards.VCAReward``).
-            users: Makes each dialogue's simulated user (``lit_pref.vca.dialogue_users.ToyDialogueUsers`` on the
+            users: Makes each dialogue's simulated user (``lit_pref.toy.dialogue_users.ToyDialogueUsers`` on the
                 toy world, ``ScorerDialogueUsers`` for real prompts); ``None`` replays the recorded dialogues.
             refiner: Turns (P_t, feedback, history) into P_{t+1} (play only).
             optimizer: Optimizer factory, called with the LoRA parameters only.
@@ -89,7 +89,7 @@ class VCAPPO(PPOModule):
             guidance_scale: Classifier-free guidance scale of the sampled chains (ddpo: 5.0).
             ppo: Policy-gradient settings.
             hidden_reward: A ground-truth scorer to log (not trained on), scored against each user's
-                ``target_caption`` (``lit_pref.rewards.ToyGroundTruthReward`` on the toy world); play only.
+                ``target_caption`` (``lit_pref.toy.ToyGroundTruthReward`` on the toy world); play only.
         """
         super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale, ppo)
         if num_rounds < 1:

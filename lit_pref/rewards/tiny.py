@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from lit_pref.backbone.tokenizer import offline_clip_tokenizer
 from lit_pref.rewards.hpsv2 import HPS_FILES, build_hps_clip
 from lit_pref.rewards.image_reward import ImageRewardConfig, ImageRewardModel
 
@@ -80,8 +81,6 @@ def save_tiny_pickscore(folder: str | Path, seed: int = 0) -> dict[str, Any]:
     processor folder ``folder/processor`` (the CLIP tokenizer, built offline, and a 32-pixel image processor);
     returns the keyword arguments of :class:`~lit_pref.rewards.PickScore` for them."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from lit_pref.backbone.tokenizer import offline_clip_tokenizer
 
     folder = Path(folder)
     with torch.random.fork_rng(devices=[]):

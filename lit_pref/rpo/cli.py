@@ -20,8 +20,9 @@ import torch
 
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.commands import SubcommandParser, call, function_parser
+from lit_pref.formats.rich_pairs import SynthesisStats
 from lit_pref.io import atomic_file
-from lit_pref.rpo.synthesizer import PairSynthesizer, SynthesisStats, resolve_prompts
+from lit_pref.rpo.synthesizer import PairSynthesizer, resolve_prompts
 
 
 def synthesize_pairs(

@@ -6,7 +6,7 @@ Editor`. :class:`VLMCritic` asks a transformers vision-language model twice, wit
 ``lit_pref/rpo/templates/``: once for the critique (image + prompt), once to turn the critique into instructions
 (text only) and, with ``grounding=True``, once more (image + instructions) for the region and kind of each instruction
 (read by :func:`lit_pref.rpo.grounding.parse_grounding`). The toy world's offline critic is
-:class:`lit_pref.rpo.ToyCritic`.
+:class:`lit_pref.toy.ToyCritic`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from lit_pref.rpo.grounding import ISSUE_KINDS, Box, parse_grounding
+
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+(.*\S)\s*$")
 _NOTHING = {"none", "none.", "nothing", "nothing.", "n/a", "no problems", "no problems."}
-
-
-Box = tuple[float, float, float, float]
-"""A region as fractions of the image: ``(top, left, bottom, right)``, each in ``[0, 1]``."""
-
-ISSUE_KINDS = ("local", "composition", "global")
-"""What an instruction changes: ``local`` one object or part in one place (inpainting's job), ``composition`` the
-layout (positions, counts, poses), ``global`` the whole image (style, lighting, colours, background, quality)."""
 
 
 @dataclass
@@ -224,8 +218,6 @@ class VLMCritic(Critic):
         return self.processor.batch_decode(answer, skip_special_tokens=not special_tokens)[0].strip()
 
     def critique(self, image: Tensor, prompt: str) -> Critique:
-        from lit_pref.rpo.grounding import parse_grounding
-
         text = self.ask(self.critique_template.replace("{prompt}", prompt), to_pil(image))
         request = self.instructions_template.replace("{prompt}", prompt).replace("{critique}", text)
         instructions = bullet_lines(self.ask(request))

@@ -16,7 +16,7 @@ they repainted. :class:`~lit_pref.rpo.EditorChain` routes instructions to editor
 
 Img2Img and inpainting with ``model=None`` reuse the components of the backbone that sampled the image (the same
 model, with its LoRA adapters disabled, so the editor stays the base model while the policy trains): no second
-copy in memory. The toy world's offline editor is :class:`lit_pref.rpo.ToyEditor`.
+copy in memory. The toy world's offline editor is :class:`lit_pref.toy.ToyEditor`.
 """
 
 from __future__ import annotations

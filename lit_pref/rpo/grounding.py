@@ -17,7 +17,13 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from lit_pref.rpo.critic import ISSUE_KINDS, Box
+Box = tuple[float, float, float, float]
+"""A region as fractions of the image: ``(top, left, bottom, right)``, each in ``[0, 1]``."""
+
+ISSUE_KINDS = ("local", "composition", "global")
+"""What an instruction changes: ``local`` one object or part in one place (inpainting's job), ``composition`` the
+layout (positions, counts, poses), ``global`` the whole image (style, lighting, colours, background, quality)."""
+
 
 Units = Literal["pixels", "thousandths", "fractions"]
 

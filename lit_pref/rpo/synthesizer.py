@@ -26,25 +26,33 @@ sampling noise of seed ``seed + i``; its edit gets the same seed. A crash loses 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from lit_pref.datamodules.generated import PAIR_SCHEMA
-from lit_pref.datamodules.rich_pairs import STATS_FILE
+from lit_pref.backbone.backbone import TOY_PIPELINE
+from lit_pref.datamodules.prompts import read_prompts
+from lit_pref.formats.rich_pairs import (
+    FORMAT_VERSION,
+    METADATA_KEY,
+    RICH_PAIR_SCHEMA,
+    SHARD_GLOB,
+    STATS_FILE,
+    SynthesisStats,
+    mask_png_bytes,
+    png_bytes,
+    read_items,
+    summarise,
+)
 from lit_pref.io import atomic_file
 from lit_pref.rewards.base import Scorer
 from lit_pref.rpo.critic import Critic
@@ -53,66 +61,8 @@ from lit_pref.rpo.editor import Edit, Editor
 if TYPE_CHECKING:
     from lit_pref.backbone import DiffusionBackbone
 
-FORMAT_VERSION = 2  # 2: edit_mask column, two-sided relabelling
-METADATA_KEY = b"lit_pref.rpo.items"
-SHARD_GLOB = "part-*.parquet"
-RICH_PAIR_SCHEMA = pa.schema(list(PAIR_SCHEMA) + [
-    pa.field("critique", pa.string()),
-    pa.field("issues", pa.list_(pa.string())),
-    pa.field("instructions", pa.list_(pa.string())),
-    pa.field("item", pa.int64()),
-    pa.field("seed", pa.int64()),
-    pa.field("reward_0", pa.float64()),
-    pa.field("reward_1", pa.float64()),
-    pa.field("edit_mask", pa.binary()),
-])
-
-
-@dataclass
-class SynthesisStats:
-    """Counts and gains of a synthesis run.
-
-    Attributes:
-        sampled: Items sampled and critiqued.
-        proposed: Pairs proposed: items whose critique had instructions, so an edit was made.
-        kept: Pairs kept: ``kept_edit_wins + kept_original_wins``.
-        mean_gain: Mean scorer gain of the kept pairs' winner over their loser (NaN when none); with one-sided
-            relabelling, the mean gain of the kept edits.
-        mean_gain_proposed: Mean gain (edit minus original) of all proposed pairs (NaN when none).
-        kept_edit_wins: Pairs kept with the edit as the winner (its gain above the margin).
-        kept_original_wins: Pairs kept with the original as the winner (two-sided relabelling: the edit lost more
-            than the margin).
-        seconds: Wall time of the call that returned them (0 when read back from ``_stats.json``).
-    """
-
-    sampled: int
-    proposed: int
-    kept: int
-    mean_gain: float
-    mean_gain_proposed: float
-    kept_edit_wins: int = 0
-    kept_original_wins: int = 0
-    seconds: float = 0.0
-
-    @property
-    def kept_per_second(self) -> float:
-        return self.kept / self.seconds if self.seconds > 0 else math.nan
-
-
-def png_bytes(image: Tensor) -> bytes:
-    """``[3, H, W]`` in ``[0, 1]`` -> PNG bytes (lossless: 8-bit values survive the round trip)."""
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def mask_png_bytes(mask: Tensor) -> bytes:
-    """``[1, H, W]`` in ``[0, 1]`` -> PNG bytes of a greyscale image (255 = repainted)."""
-    array = (mask.detach().float().clamp(0, 1)[0] * 255).round().to(torch.uint8).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
+TOY_PROMPTS = TOY_PIPELINE.parent / "prompts"  # the toy world's caption lists, shipped: train.txt, heldout.txt, all.txt
+TOY_SPLITS = ("train", "heldout", "all")
 
 
 def describe(obj: Any) -> dict[str, Any]:
@@ -128,44 +78,6 @@ def describe(obj: Any) -> dict[str, Any]:
 
     attributes = {k: v for k, v in sorted(vars(obj).items()) if not k.startswith("_") and is_plain(v)}
     return {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", **attributes}
-
-
-def read_items(output_dir: str | Path) -> dict[int, dict[str, Any]]:
-    """Every finished item recorded in the shards of ``output_dir`` (item index -> its record)."""
-    items: dict[int, dict[str, Any]] = {}
-    for shard in sorted(Path(output_dir).glob(SHARD_GLOB)):
-        metadata = pq.read_schema(shard).metadata or {}
-        if METADATA_KEY not in metadata:
-            raise ValueError(f"{shard}: not a shard written by PairSynthesizer (no {METADATA_KEY.decode()} metadata)")
-        for record in json.loads(metadata[METADATA_KEY]):
-            if record["item"] in items:
-                raise ValueError(f"{shard}: item {record['item']} is also in another shard of {output_dir}")
-            items[record["item"]] = record
-    return items
-
-
-def summarise(records: Sequence[dict[str, Any]], seconds: float = 0.0) -> SynthesisStats:
-    """:class:`SynthesisStats` of item records."""
-    proposed = [r["gain"] for r in records if r["gain"] is not None]
-    kept = [r["gain"] if r["winner"] == "edit" else -r["gain"] for r in records if r["kept"]]
-    return SynthesisStats(
-        sampled=len(records),
-        proposed=len(proposed),
-        kept=len(kept),
-        mean_gain=sum(kept) / len(kept) if kept else math.nan,
-        mean_gain_proposed=sum(proposed) / len(proposed) if proposed else math.nan,
-        kept_edit_wins=sum(r["winner"] == "edit" for r in records),
-        kept_original_wins=sum(r["winner"] == "original" for r in records),
-        seconds=seconds,
-    )
-
-
-def read_stats(output_dir: str | Path) -> SynthesisStats | None:
-    """The statistics of a complete run (its ``_stats.json``), or None while it is incomplete."""
-    path = Path(output_dir) / STATS_FILE
-    if not path.is_file():
-        return None
-    return SynthesisStats(**json.loads(path.read_text()))
 
 
 class PairSynthesizer:
@@ -399,13 +311,14 @@ class PairSynthesizer:
 def resolve_prompts(prompts: Sequence[str] | str) -> list[str]:
     """A prompt list as given, or read from a prompt file (``.txt``, ``.jsonl``, ``.parquet`` with a ``caption``
     column; see ``lit_pref.datamodules.prompts.read_prompts``), or ``"toy:train"`` / ``"toy:heldout"`` / ``"toy:all"`` for
-    the toy world's caption lists."""
+    the toy world's caption lists (shipped as ``lit_pref/assets/toy/prompts/<split>.txt``, as the ``"toy"`` model
+    is shipped as a folder)."""
     if not isinstance(prompts, str):
         return list(prompts)
     if prompts.startswith("toy:"):
-        from lit_pref.datamodules.toy import prompts as toy_prompts
-
-        return toy_prompts(prompts.removeprefix("toy:"))
-    from lit_pref.datamodules.prompts import read_prompts
-
+        split = prompts.removeprefix("toy:")
+        if split not in TOY_SPLITS:
+            raise ValueError(f"unknown toy prompt list {prompts!r}; expected one of "
+                             f"{', '.join('toy:' + s for s in TOY_SPLITS)}")
+        return read_prompts(TOY_PROMPTS / f"{split}.txt")
     return read_prompts(prompts)

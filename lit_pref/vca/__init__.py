@@ -1,9 +1,7 @@
-"""VCA (Visual Co-Adaptation) dialogues: prompt refiners, simulated users, toy dialogues and the interactive tool."""
+"""VCA (Visual Co-Adaptation) dialogues: prompt refiners, simulated users and the interactive tool (the toy world's
+users, refiner and dialogues are in :mod:`lit_pref.toy`)."""
 
-from lit_pref.vca.refiner import CausalLMRefiner, PromptRefiner, TemplateRefiner, toy_edits
-from lit_pref.vca.user import SimulatedUser, ToySimulatedUser, make_toy_dialogues, play_dialogue, toy_start
+from lit_pref.vca.refiner import CausalLMRefiner, PromptRefiner, TemplateRefiner
+from lit_pref.vca.user import SimulatedUser, play_dialogue
 
-__all__ = [
-    "CausalLMRefiner", "PromptRefiner", "SimulatedUser", "TemplateRefiner", "ToySimulatedUser",
-    "make_toy_dialogues", "play_dialogue", "toy_edits", "toy_start",
-]
+__all__ = ["CausalLMRefiner", "PromptRefiner", "SimulatedUser", "TemplateRefiner", "play_dialogue"]

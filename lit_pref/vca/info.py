@@ -3,15 +3,18 @@ refiner understand."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from torch import nn
 
-from lit_pref.datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES
-from lit_pref.datamodules.toy import SIZES
-from lit_pref.vca.refiner import PromptRefiner, TemplateRefiner
+from lit_pref.backbone.backbone import TOY_PIPELINE
+from lit_pref.vca.refiner import PromptRefiner
+
+TOY_VOCABULARY = TOY_PIPELINE.parent / "vocabulary.json"  # the shipped toy model's caption words
 
 
 class Progress:
@@ -46,22 +49,14 @@ class Progress:
 
 
 def model_info(model_name: str, refiner: PromptRefiner) -> dict:
-    """``{"model", "vocabulary", "feedback"}`` for the page: the toy model's caption words (``None`` for other
-    models, whose vocabulary is open) and the feedback phrases the refiner turns into prompt edits (``None`` when
-    it takes free text, as a chat-model refiner does)."""
-    vocabulary = None
-    if model_name == "toy":
-        vocabulary = {
-            "caption": "a {size} {colour} {shape} on a {background} background",
-            "shapes": list(SHAPES), "colours": list(COLOURS), "sizes": list(SIZES), "backgrounds": list(BACKGROUNDS),
-        }
-    feedback = None
-    if isinstance(refiner, TemplateRefiner):
-        feedback = [
-            f"make it <colour> ({', '.join(COLOURS)})", f"make it <size> ({', '.join(SIZES)})",
-            f"make the shape a <shape> ({', '.join(SHAPES)})",
-            f"use a <background> background ({', '.join(BACKGROUNDS)})",
-            "move it to the centre", "perfect",
-            "joined by commas or 'and'; other text is appended to the prompt as it is",
-        ]
-    return {"model": model_name, "vocabulary": vocabulary, "feedback": feedback}
+    """``{"model", "vocabulary", "feedback"}`` for the page: the model's caption words (``None`` for models whose
+    vocabulary is open) and the feedback phrases the refiner turns into prompt edits
+    (:meth:`~lit_pref.vca.refiner.PromptRefiner.feedback_phrases`; ``None`` when it takes free text).
+
+    The vocabulary is the ``vocabulary.json`` of the model's folder when there is one; for ``"toy"`` (the shipped
+    toy model, which the backbone resolves to ``lit_pref/assets/toy/pipeline``) it is the shipped
+    ``lit_pref/assets/toy/vocabulary.json``.
+    """
+    path = TOY_VOCABULARY if model_name == "toy" else Path(model_name) / "vocabulary.json"
+    vocabulary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return {"model": model_name, "vocabulary": vocabulary, "feedback": refiner.feedback_phrases()}

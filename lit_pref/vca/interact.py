@@ -2,7 +2,7 @@
 
 A person types a prompt and sees K images; picks one and writes feedback; the refiner proposes the next prompt
 (editable); and so on until "finish", which appends the session to ``--output`` as one dialogue line
-(:mod:`lit_pref.datamodules.dialogues`), so it becomes training data. Every round's images are written as PNG files to
+(:mod:`lit_pref.formats.dialogues`), so it becomes training data. Every round's images are written as PNG files to
 ``<output stem>_images/<dialogue id>/r<round>_<k>.png`` beside the output file when they are generated.
 
 Co-adaptation (``--adapt``): after each choice, :class:`~lit_pref.vca.adapt.LiveAdapter` makes ``--adapt_updates``

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from lit_pref.backbone import DiffusionBackbone
-from lit_pref.datamodules.dialogues import Dialogue, Turn, append_dialogue
+from lit_pref.formats.dialogues import Dialogue, Turn, append_dialogue
 from lit_pref.io import atomic_file
 from lit_pref.vca.adapt import AdaptStats, LiveAdapter
 from lit_pref.vca.info import Progress

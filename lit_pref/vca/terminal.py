@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from lit_pref.datamodules.dialogues import Dialogue
+from lit_pref.formats.dialogues import Dialogue
 from lit_pref.vca.studio import Studio, is_unicode
 
 __all__ = ["run_terminal"]

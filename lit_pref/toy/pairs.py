@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -14,12 +14,10 @@ from tqdm.auto import tqdm
 
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import TOY_PIPELINE
-
-from .generated import PAIR_SCHEMA, GeneratedPairsDataModule, write_pairs_parquet
-from .toy import prompts
-
-if TYPE_CHECKING:
-    from lit_pref.rewards import BradleyTerryLabeller
+from lit_pref.datamodules.generated import GeneratedPairsDataModule
+from lit_pref.formats.pairs import PAIR_SCHEMA, write_pairs_parquet
+from lit_pref.toy.human import BradleyTerryLabeller, ToyGroundTruthReward
+from lit_pref.toy.world import prompts
 
 GENERATOR_VERSION = 1
 
@@ -96,7 +94,7 @@ class ToyPreferenceDataModule(GeneratedPairsDataModule):
 
     Training pairs use the pre-training prompts, validation pairs the held-out prompts (colour-shape combinations
     the base model never saw). Each pair is two samples of one prompt with different noise; the noisy
-    Bradley-Terry labeller over :class:`~lit_pref.rewards.ToyGroundTruthReward` picks the winner. Files are
+    Bradley-Terry labeller over :class:`~lit_pref.toy.ToyGroundTruthReward` picks the winner. Files are
     generated on first use under ``data_dir`` and rebuilt when a parameter or the model's weights change.
 
     Args:
@@ -162,9 +160,6 @@ class ToyPreferenceDataModule(GeneratedPairsDataModule):
         }
 
     def write_pairs(self, path: Path, num_pairs: int, seed: int, split: Literal["train", "val"]) -> None:
-        # Imported here: lit_pref.rewards reads the toy vocabulary from this package, which imports this module.
-        from lit_pref.rewards import BradleyTerryLabeller, ToyGroundTruthReward
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
         backbone = DiffusionBackbone(model=self.model).eval().to(device)
         labeller = BradleyTerryLabeller(ToyGroundTruthReward(), self.temperature, self.tie_margin, seed)

@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 
 from lit_pref.datamodules.synthetic import BACKGROUNDS, COLOURS, SHAPES, SIZE_RANGES, draw_shape
-from lit_pref.datamodules.toy import SIZES, parse_caption
-from lit_pref.rewards.toy import ToyJudge
 from lit_pref.rpo.critic import Box, Critic, Critique
 from lit_pref.rpo.editor import Editor
+from lit_pref.toy.judge import ToyJudge
+from lit_pref.toy.world import SIZES, parse_caption
 
 _COLOUR_NAMES = tuple(COLOURS)
 _BACKGROUND_NAMES = tuple(BACKGROUNDS)
@@ -102,7 +102,7 @@ def _translate(image: Tensor, rows: int, cols: int) -> Tensor:
 
 
 class ToyCritic(Critic):
-    """Critiques toy images by reading them with :class:`~lit_pref.rewards.ToyJudge`.
+    """Critiques toy images by reading them with :class:`~lit_pref.toy.ToyJudge`.
 
     Every attribute the prompt names (colour, shape, size, background) that the image gets wrong is an issue with
     its fix ("the shape is a circle but the prompt asks for a triangle" -> "change the circle into a triangle"); an
