@@ -67,7 +67,8 @@ def test_offline_timesteps_follow_the_discounted_distribution():
 def trajectory_model(cls, **kwargs):
     torch.manual_seed(0)
     return cls(perturbed(DiffusionBackbone(model="toy")), scorer=ToyGroundTruthReward(),
-               loss=DenseDPOLoss(beta=10.0, clip=1e-2), num_inference_steps=6, guidance_scale=4.0, trajectory=SETTINGS, **kwargs)
+               loss=DenseDPOLoss(beta=10.0, clip=1e-2), num_inference_steps=6, guidance_scale=4.0, trajectory=SETTINGS,
+               **kwargs)
 
 
 def test_trajectory_gamma_one_reproduces_uniform_steps():

@@ -10,5 +10,5 @@ from lit_pref.modules.trajectory_dpo import TrajectoryDPO
 from lit_pref.modules.ppo import PPOModule, PPOSettings
 from lit_pref.modules.vca_ppo import VCAPPO
 
-__all__ = ["DDPO", "DenseDiscountedDPO", "LoRAModule", "OnlineTrajectoryDPO", "PPOModule", "PPOSettings", "RewardModel", "RichPreferenceDPO",
-           "TrajectoryDPO", "TrajectorySettings", "VCAPPO"]
+__all__ = ["DDPO", "DenseDiscountedDPO", "LoRAModule", "OnlineTrajectoryDPO", "PPOModule", "PPOSettings", "RewardModel",
+           "RichPreferenceDPO", "TrajectoryDPO", "TrajectorySettings", "VCAPPO"]

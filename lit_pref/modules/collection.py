@@ -1,5 +1,6 @@
-"""The online trajectory module's collection and update at the paper's scale, as the authors' code does it (Shentao-YANG/Dense_Reward_T2I:
-``parse_args.py``, ``train_t2i.py``, ``preference_based_policy_learner.py``, ``replay_buffer.py``).
+"""The online trajectory module's collection and update at the paper's scale, as the authors' code does it
+(Shentao-YANG/Dense_Reward_T2I: ``parse_args.py``, ``train_t2i.py``, ``preference_based_policy_learner.py``,
+``replay_buffer.py``).
 
 - Collection: ``prompts_per_collection`` prompt groups (the reference's ``g_batch_size``: 1000 single prompt,
   2000 multi prompt) drawn from the whole prompt set in shuffled passes (its shuffled prompt loader; a one-prompt
@@ -9,10 +10,10 @@
   group is ranked and cut to its ``kept_per_prompt`` chains as soon as its last chain is in, so no more than a
   chunk and a group of unkept chains are ever held.
 - Update: ``pairs_per_step`` comparisons, each ``num_compared`` trajectories of one replay-buffer group (the
-  injected trajectory loss over them; 2 = the DPO pair, the reference's ``pl_loss_num_traj``) with its own K step indices (the reference
-  draws them per micro-step of one comparison). The comparisons go through the UNet ``micro_batch_size`` at a
-  time, each micro-batch's share of the loss back-propagated at once (gradient accumulation inside the update), so
-  an update's memory does not grow with ``pairs_per_step``.
+  injected trajectory loss over them; 2 = the DPO pair, the reference's ``pl_loss_num_traj``) with its own K step
+  indices (the reference draws them per micro-step of one comparison). The comparisons go through the UNet
+  ``micro_batch_size`` at a time, each micro-batch's share of the loss back-propagated at once (gradient
+  accumulation inside the update), so an update's memory does not grow with ``pairs_per_step``.
 """
 
 from __future__ import annotations
@@ -210,8 +211,9 @@ def collect(module: OnlineTrajectoryDPO, batch_prompts: list[str]) -> dict[str, 
 def update(module: OnlineTrajectoryDPO) -> tuple[Tensor, dict[str, Any]]:
     """One update's loss: ``pairs_per_step`` comparisons drawn from the buffer, K step indices each from
     ``module.step_weights``, ``module.loss`` on their log-probs, in micro-batches of ``micro_batch_size``
-    comparisons. Every micro-batch but the last is back-propagated here (scaled by its share of the comparisons); the returned loss is the last one's share, for Lightning's
-    backward, so the gradients sum to those of the whole-batch mean. Returns that tensor and the statistics
+    comparisons. Every micro-batch but the last is back-propagated here (scaled by its share of the comparisons);
+    the returned loss is the last one's share, for Lightning's backward, so the gradients sum to those of the
+    whole-batch mean. Returns that tensor and the statistics
     (``loss``: the whole update's loss, detached; ``count``: the comparisons)."""
     settings = module.trajectory
     comparisons = draw_comparisons(module.buffer, settings.pairs_per_step, settings.num_compared)

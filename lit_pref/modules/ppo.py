@@ -84,8 +84,9 @@ class PPOModule(LoRAModule):
     """Base of the policy-gradient methods: samples K chains per prompt with every step's log-prob
     (:meth:`collect`), turns rewards into per-prompt advantages (``self.tracker``, a
     :class:`~lit_pref.rewards.stat_tracking.PerPromptStatTracker`), and runs the clipped PPO update
-    (:meth:`ppo_update`) with the injected ``loss`` (:class:`~lit_pref.losses.ClippedPPOLoss` by default). Uses manual optimization; the stat tracker
-    is not checkpointed. Subclasses decide where prompts and rewards come from."""
+    (:meth:`ppo_update`) with the injected ``loss`` (:class:`~lit_pref.losses.ClippedPPOLoss` by default). Uses
+    manual optimization; the stat tracker is not checkpointed. Subclasses decide where prompts and rewards come
+    from."""
 
     def __init__(
         self,
