@@ -27,6 +27,7 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
+from diffusers import DDIMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from perf import Memory  # noqa: E402  (bench/perf.py, beside this file)
@@ -65,12 +66,13 @@ def update_peak(backbone: DiffusionBackbone, method: str, batch: int, resolution
         steps = 50
         settings = TrajectorySettings(pairs_per_step=batch, num_sampled_steps=3, kept_per_prompt=5,
                                       micro_batch_size=1 if micro else None)
-        module = DenseDiscountedDPO(backbone, mode="trajectory", scorer=Rewardless(), trajectory=settings,
-                                    num_inference_steps=steps)
+        module = DenseDiscountedDPO(backbone, scorer=Rewardless(), trajectory=settings, num_inference_steps=steps)
+        grid = DDIMScheduler.from_config(backbone.scheduler_config)
+        grid.set_timesteps(steps)
         latent = resolution // backbone.vae_scale_factor
         for g in range(4):
             module.buffer.add(TrajectoryGroup(f"prompt {g}", torch.randn(5, steps + 1, 4, latent, latent),
-                                              torch.zeros(5, steps), torch.arange(5.0), module.inference_timesteps(), 0))
+                                              torch.zeros(5, steps), torch.arange(5.0), grid.timesteps, 0))
         memory.start()
         loss, _ = collection.update(module)
         loss.backward()

@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     module = DenseDiscountedDPO(
-        DiffusionBackbone(model=args.model), mode="trajectory", scorer=Brightness(), num_inference_steps=args.steps,
+        DiffusionBackbone(model=args.model), scorer=Brightness(), num_inference_steps=args.steps,
         guidance_scale=4.0, trajectory=TrajectorySettings(rollouts_per_prompt=5, kept_per_prompt=5,
                                                          buffer_capacity=10_000, sample_batch_size=args.batch,
                                                          prompts_per_collection=args.chains // 5))

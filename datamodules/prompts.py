@@ -122,7 +122,8 @@ def collate_prompts(items: Sequence[tuple[str, int, int]]) -> dict[str, Any]:
 
 class PromptDataModule(pl.LightningDataModule):
     """Prompts, from a file or listed inline: for ``predict`` (images for every prompt) and for methods that
-    train on their own samples (``fit`` in trajectory mode: shuffled prompt batches, reshuffled every epoch).
+    train on their own samples (``fit`` of the online trajectory module and PPO: shuffled prompt batches,
+    reshuffled every epoch).
 
     ``predict_dataloader()`` yields ``{"prompts": list[str], "seeds":
     LongTensor[B], "indices": LongTensor[B]}`` in file order; repeat ``j`` of

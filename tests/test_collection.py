@@ -1,4 +1,4 @@
-"""Trajectory mode at the reference's scale: chunked collection from the whole prompt set, per-comparison step
+"""OnlineTrajectoryDPO at the reference's scale: chunked collection from the whole prompt set, per-comparison step
 indices, micro-batched updates and ListMLE comparisons (lit_pref.modules.collection)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lit_pref.backbone import DiffusionBackbone
-from lit_pref.modules import DenseDiscountedDPO, TrajectoryDPO, TrajectorySettings
+from lit_pref.losses import DenseDPOLoss
+from lit_pref.modules import DenseDiscountedDPO, OnlineTrajectoryDPO, TrajectorySettings
 from lit_pref.modules import collection
 from lit_pref.modules.collection import cycled_prompts, draw_comparisons
 from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup
@@ -17,7 +18,7 @@ from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup
 PROMPTS = ["a small red circle on a white background", "a large blue square on a black background",
            "a large green triangle on a white background"]
 SETTINGS = TrajectorySettings(collect_every=3, rollouts_per_prompt=4, kept_per_prompt=3, buffer_capacity=16,
-                              pairs_per_step=4, num_sampled_steps=2, beta=10.0, clip=1e-2, prompts_per_collection=4)
+                              pairs_per_step=4, num_sampled_steps=2, prompts_per_collection=4)
 
 
 class Brightness:
@@ -35,7 +36,8 @@ def model(cls=DenseDiscountedDPO, gamma: float = 0.9, **settings):
             if "lora_B" in name:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     extra = {"gamma": gamma} if cls is DenseDiscountedDPO else {}
-    return cls(backbone, mode="trajectory", scorer=Brightness(), num_inference_steps=5, guidance_scale=4.0,
+    return cls(backbone, scorer=Brightness(), loss=DenseDPOLoss(beta=10.0, clip=1e-2), num_inference_steps=5,
+               guidance_scale=4.0,
                trajectory=dataclasses.replace(SETTINGS, **settings), seed=3, **extra)
 
 
@@ -118,7 +120,7 @@ def test_comparisons_rank_distinct_rewards_best_first():
         model(num_compared=4)  # more than kept_per_prompt
 
 
-def test_gamma_one_still_equals_trajectory_dpo_with_chunks_micro_batches_and_listmle():
+def test_gamma_one_still_equals_uniform_steps_with_chunks_micro_batches_and_listmle():
     settings = dict(sample_batch_size=5, micro_batch_size=3, num_compared=3)
 
     def loss_and_grads(m):
@@ -128,6 +130,6 @@ def test_gamma_one_still_equals_trajectory_dpo_with_chunks_micro_batches_and_lis
         return loss.detach(), [p.grad.clone() for p in m.trainable_parameters()]
 
     (l1, g1) = loss_and_grads(model(DenseDiscountedDPO, gamma=1.0, **settings))
-    (l2, g2) = loss_and_grads(model(TrajectoryDPO, **settings))
+    (l2, g2) = loss_and_grads(model(OnlineTrajectoryDPO, **settings))
     assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
     assert any(g.abs().sum() > 0 for g in g1)

@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from conftest import read_events
 from lit_pref.datamodules import PromptDataModule
 from lit_pref.backbone import DiffusionBackbone
+from lit_pref.losses import ClippedPPOLoss
 from lit_pref.modules import DDPO, VCAPPO, PPOModule, PPOSettings
 from lit_pref.toy import ToyGroundTruthReward
 
@@ -30,10 +31,11 @@ class StepRecorder(DDPO):
         return super().step_log_probs(traj, rows, step, cond, negative)
 
 
-def fit(tmp_path, lr: float, rounds: int, settings: PPOSettings, model_cls=DDPO) -> DDPO:
+def fit(tmp_path, lr: float, rounds: int, settings: PPOSettings, model_cls=DDPO,
+        loss: ClippedPPOLoss = ClippedPPOLoss()) -> DDPO:
     seed_everything(0)
     model = model_cls(DiffusionBackbone(model="toy", lora_rank=4), ToyGroundTruthReward(), num_inference_steps=STEPS,
-                      guidance_scale=4.0, ppo=settings, optimizer=lambda params: torch.optim.AdamW(params, lr=lr))
+                      guidance_scale=4.0, ppo=settings, loss=loss, optimizer=lambda params: torch.optim.AdamW(params, lr=lr))
     model.steps_seen = set()
     trainer = Trainer(max_steps=rounds, accelerator="cpu", log_every_n_steps=1, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, logger=TensorBoardLogger(tmp_path, name=f"lr{lr}", version=0))
@@ -48,10 +50,11 @@ def test_first_rounds_raise_the_hidden_taste_beyond_chance(tmp_path):
     more than three paired standard errors; with a no-op update the gain is exactly 0. (The total hidden reward is
     not asserted: over 64 judged samples its paired standard error, about 0.04, is dominated by rare fidelity flips
     of 0.5-1, so six rounds cannot show it; measured +0.032 total, +0.063 centredness.)"""
-    settings = PPOSettings(num_images=8, minibatch_size=16, early_steps=3, clip_range=1e-2, min_count=8)
+    settings = PPOSettings(num_images=8, minibatch_size=16, early_steps=3, min_count=8)
+    loss = ClippedPPOLoss(clip_range=1e-2)
     rounds = 6
-    trained = fit(tmp_path, 1e-2, rounds, settings, StepRecorder)
-    base = fit(tmp_path, 0.0, rounds, settings)
+    trained = fit(tmp_path, 1e-2, rounds, settings, StepRecorder, loss)
+    base = fit(tmp_path, 0.0, rounds, settings, loss=loss)
     assert trained.steps_seen == {0, 1, 2}  # only the noisiest steps were trained on
 
     texts = [p for p in PROMPTS for _ in range(32)]

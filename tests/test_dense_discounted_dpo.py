@@ -1,4 +1,5 @@
-"""DenseDiscountedDPO and TrajectoryDPO's trajectory mode (docs/methods.md §2) on tiny and toy models."""
+"""DenseDiscountedDPO, OnlineTrajectoryDPO and discounted step weights on offline pairs (docs/methods.md §2) on tiny
+and toy models."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ from lightning.pytorch import Trainer
 
 from lit_pref.datamodules import PromptDataModule
 from lit_pref.backbone import DiffusionBackbone
-from lit_pref.losses import DiffusionDPOLoss, discount_weights
-from lit_pref.modules import DenseDiscountedDPO, TrajectoryDPO, TrajectorySettings
+from lit_pref.losses import DenseDPOLoss, DiffusionDPOLoss, DiscountedSteps, discount_weights
+from lit_pref.modules import DenseDiscountedDPO, OnlineTrajectoryDPO, TrajectoryDPO, TrajectorySettings
 from lit_pref.modules.collection import chain_log_probs, draw_comparisons
 from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup, spread_ranks
 from lit_pref.toy import ToyGroundTruthReward
 
 PROMPTS = ["a small red circle on a white background", "a large blue square on a black background"]
 SETTINGS = TrajectorySettings(collect_every=3, rollouts_per_prompt=4, kept_per_prompt=3, buffer_capacity=8,
-                              pairs_per_step=3, num_sampled_steps=2, beta=10.0, clip=1e-2)
+                              pairs_per_step=3, num_sampled_steps=2)
 
 
 def pair_batch(n: int = 3):
@@ -39,10 +40,10 @@ def loss_and_grads(model, batch):
     return loss.detach(), [p.grad.clone() for p in model.trainable_parameters()]
 
 
-def test_offline_gamma_one_reproduces_trajectory_dpo_on_the_inference_grid():
+def test_offline_gamma_one_reproduces_uniform_steps_on_the_inference_grid():
     batch = pair_batch()
-    dense = DenseDiscountedDPO(perturbed(DiffusionBackbone.tiny()), gamma=1.0, num_inference_steps=10,
-                               loss=DiffusionDPOLoss())
+    dense = TrajectoryDPO(perturbed(DiffusionBackbone.tiny()), timestep_grid="inference",
+                          step_weights=DiscountedSteps(1.0), num_inference_steps=10, loss=DiffusionDPOLoss())
     plain = TrajectoryDPO(perturbed(DiffusionBackbone.tiny()), timestep_grid="inference", num_inference_steps=10,
                           loss=DiffusionDPOLoss())
     (l1, g1), (l2, g2) = loss_and_grads(dense, batch), loss_and_grads(plain, batch)
@@ -51,11 +52,13 @@ def test_offline_gamma_one_reproduces_trajectory_dpo_on_the_inference_grid():
 
 
 def test_offline_timesteps_follow_the_discounted_distribution():
-    model = DenseDiscountedDPO(DiffusionBackbone.tiny(), gamma=1e-12, num_inference_steps=10)  # gamma > 0
+    model = TrajectoryDPO(DiffusionBackbone.tiny(), timestep_grid="inference", step_weights=DiscountedSteps(1e-12),
+                          num_inference_steps=10)  # gamma > 0
     grid = model.inference_timesteps()
     assert grid[0] == grid.max()  # k = 0 is the noisiest step
     assert (model.sample_timesteps(50) == grid[0]).all()  # gamma -> 0: all mass on the first step
-    model = DenseDiscountedDPO(DiffusionBackbone.tiny(), gamma=0.8, num_inference_steps=5)
+    model = TrajectoryDPO(DiffusionBackbone.tiny(), timestep_grid="inference", step_weights=DiscountedSteps(0.8),
+                          num_inference_steps=5)
     draws = model.sample_timesteps(20000, torch.Generator().manual_seed(0))
     freq = torch.stack([(draws == t).float().mean() for t in model.inference_timesteps()])
     torch.testing.assert_close(freq, discount_weights(5, 0.8), atol=0.012, rtol=0)  # 4 sd of 20000 draws
@@ -63,14 +66,15 @@ def test_offline_timesteps_follow_the_discounted_distribution():
 
 def trajectory_model(cls, **kwargs):
     torch.manual_seed(0)
-    return cls(perturbed(DiffusionBackbone(model="toy")), mode="trajectory", scorer=ToyGroundTruthReward(),
-               num_inference_steps=6, guidance_scale=4.0, trajectory=SETTINGS, **kwargs)
+    return cls(perturbed(DiffusionBackbone(model="toy")), scorer=ToyGroundTruthReward(),
+               loss=DenseDPOLoss(beta=10.0, clip=1e-2), num_inference_steps=6, guidance_scale=4.0, trajectory=SETTINGS,
+               **kwargs)
 
 
-def test_trajectory_gamma_one_reproduces_trajectory_dpo():
+def test_trajectory_gamma_one_reproduces_uniform_steps():
     batch = {"prompts": PROMPTS}
     (l1, g1) = loss_and_grads(trajectory_model(DenseDiscountedDPO, gamma=1.0), batch)
-    (l2, g2) = loss_and_grads(trajectory_model(TrajectoryDPO), batch)
+    (l2, g2) = loss_and_grads(trajectory_model(OnlineTrajectoryDPO), batch)
     assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
     assert any(g.abs().sum() > 0 for g in g1)
 
@@ -115,14 +119,11 @@ def test_collection_schedule_in_a_trainer_run():
     assert len(model.buffer) == 6
 
 
-def test_trajectory_mode_needs_a_scorer_and_positive_eta():
-    with pytest.raises(ValueError, match="scorer"):
-        DenseDiscountedDPO(DiffusionBackbone.tiny(), mode="trajectory")
+def test_trajectory_settings_need_positive_eta_and_gamma_in_0_1():
     with pytest.raises(ValueError, match="eta"):
-        DenseDiscountedDPO(DiffusionBackbone.tiny(), mode="trajectory", scorer=ToyGroundTruthReward(),
-                           trajectory=TrajectorySettings(eta=0.0))
+        TrajectorySettings(eta=0.0)
     with pytest.raises(ValueError, match="gamma"):
-        DenseDiscountedDPO(DiffusionBackbone.tiny(), gamma=1.5)
+        DenseDiscountedDPO(DiffusionBackbone.tiny(), gamma=1.5, scorer=ToyGroundTruthReward())
 
 
 class Brightness:
@@ -142,11 +143,12 @@ def test_short_trajectory_run_raises_its_reward_beyond_chance(tmp_path):
     torch.manual_seed(0)
     prompts = ["a photo of a cat", "a red car", "a tree", "a dog"]
     model = DenseDiscountedDPO(
-        DiffusionBackbone(model="tiny", lora_rank=8), gamma=0.9, mode="trajectory", scorer=Brightness(),
+        DiffusionBackbone(model="tiny", lora_rank=8), gamma=0.9, scorer=Brightness(),
+        loss=DenseDPOLoss(beta=100.0, clip=1e-2),
         num_inference_steps=10, guidance_scale=4.0,
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0),
         trajectory=TrajectorySettings(collect_every=20, rollouts_per_prompt=8, kept_per_prompt=5, buffer_capacity=64,
-                                      pairs_per_step=8, num_sampled_steps=3, beta=100.0, clip=1e-2))
+                                      pairs_per_step=8, num_sampled_steps=3))
     Trainer(max_steps=20, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, limit_val_batches=0, gradient_clip_val=1.0,
             default_root_dir=tmp_path).fit(model, PromptDataModule(prompts=prompts, batch_size=4))

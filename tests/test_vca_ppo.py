@@ -101,7 +101,7 @@ class SurrogateCheck(VCAPPO):
         rows = torch.arange(traj.log_probs.shape[0])
         with torch.no_grad():
             after = torch.stack([self.step_log_probs(traj, rows, k, cond, negative) for k in range(traj.num_steps)], 1)
-        change = (advantages.clamp(-self.ppo.adv_clip, self.ppo.adv_clip)[:, None] * (after - traj.log_probs)).mean()
+        change = (advantages.clamp(-self.loss.adv_clip, self.loss.adv_clip)[:, None] * (after - traj.log_probs)).mean()
         self.surrogate_changes.append(change.item())
         return stats
 

@@ -13,6 +13,7 @@ from PIL import Image
 from lit_pref.datamodules import Dialogue, DialogueDataModule, Turn
 from lit_pref.__main__ import main
 from lit_pref.backbone import DiffusionBackbone
+from lit_pref.losses import ClippedPPOLoss
 from lit_pref.modules import VCAPPO, PPOSettings
 from lit_pref.modules.reward_model import RewardModel
 from lit_pref.modules.vca_ppo import recorded_choice, replayed_prompts
@@ -128,7 +129,8 @@ def test_trained_policy_beats_the_untrained_one_on_r_pref_with_fixed_prompts_and
     reward = RecordingReward(Brightness(), schedule, clip_model="toy")
     model = VCAPPO(DiffusionBackbone(model="toy", lora_rank=4), reward, users=None, num_rounds=3,
                    num_inference_steps=4, guidance_scale=4.0,
-                   ppo=PPOSettings(num_images=4, minibatch_size=4, inner_epochs=2, clip_range=0.2, min_count=4),
+                   ppo=PPOSettings(num_images=4, minibatch_size=4, inner_epochs=2, min_count=4),
+                   loss=ClippedPPOLoss(clip_range=0.2),
                    optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2))
     trainer = __import__("lightning.pytorch", fromlist=["Trainer"]).Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -50,8 +50,8 @@ def discount_weights(num_steps: int, gamma: float = 0.9, dtype: torch.dtype = to
 def sample_step_indices(weights: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
     """Draw ``num_samples`` step indices from ``Categorical(weights)``, with replacement.
 
-    In trajectory mode the same indices ``k_1..k_K`` are used for every trajectory of a comparison (K = 3
-    single prompt, 1 multi prompt). In offline mode the timestep of step k is ``scheduler.timesteps[k]``.
+    On sampled chains the same indices ``k_1..k_K`` are used for every trajectory of a comparison (K = 3
+    single prompt, 1 multi prompt). On offline pairs the timestep of step k is ``scheduler.timesteps[k]``.
 
     Args:
         weights: (N,) non-negative weights (e.g. :func:`discount_weights`); need not be normalised.

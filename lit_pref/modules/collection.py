@@ -1,5 +1,6 @@
-"""Trajectory mode at the paper's scale, as the authors' code does it (Shentao-YANG/Dense_Reward_T2I:
-``parse_args.py``, ``train_t2i.py``, ``preference_based_policy_learner.py``, ``replay_buffer.py``).
+"""The online trajectory module's collection and update at the paper's scale, as the authors' code does it
+(Shentao-YANG/Dense_Reward_T2I: ``parse_args.py``, ``train_t2i.py``, ``preference_based_policy_learner.py``,
+``replay_buffer.py``).
 
 - Collection: ``prompts_per_collection`` prompt groups (the reference's ``g_batch_size``: 1000 single prompt,
   2000 multi prompt) drawn from the whole prompt set in shuffled passes (its shuffled prompt loader; a one-prompt
@@ -8,11 +9,11 @@
   ``(seed, r, process rank, j)``, so the chunking changes no draw. Chains go to the CPU as they are sampled, and a
   group is ranked and cut to its ``kept_per_prompt`` chains as soon as its last chain is in, so no more than a
   chunk and a group of unkept chains are ever held.
-- Update: ``pairs_per_step`` comparisons, each ``num_compared`` trajectories of one replay-buffer group (ListMLE
-  over them; 2 = the DPO pair, the reference's ``pl_loss_num_traj``) with its own K step indices (the reference
-  draws them per micro-step of one comparison). The comparisons go through the UNet ``micro_batch_size`` at a
-  time, each micro-batch's share of the loss back-propagated at once (gradient accumulation inside the update), so
-  an update's memory does not grow with ``pairs_per_step``.
+- Update: ``pairs_per_step`` comparisons, each ``num_compared`` trajectories of one replay-buffer group (the
+  injected trajectory loss over them; 2 = the DPO pair, the reference's ``pl_loss_num_traj``) with its own K step
+  indices (the reference draws them per micro-step of one comparison). The comparisons go through the UNet
+  ``micro_batch_size`` at a time, each micro-batch's share of the loss back-propagated at once (gradient
+  accumulation inside the update), so an update's memory does not grow with ``pairs_per_step``.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from lit_pref.losses import dense_dpo_loss, listmle_loss, trajectory_scores
 from lit_pref.modules.replay import ReplayBuffer, TrajectoryGroup, spread_ranks
 from lit_pref.rewards import Scorer
 
 if TYPE_CHECKING:
     from lit_pref.backbone import DiffusionBackbone
-    from lit_pref.modules.trajectory_dpo import TrajectoryDPO
+    from lit_pref.modules.online_trajectory_dpo import OnlineTrajectoryDPO
 
 Comparison = tuple[TrajectoryGroup, list[int]]  # a group and indices of its trajectories, best reward first
 
@@ -175,14 +175,14 @@ def chain_log_probs(backbone: DiffusionBackbone, latents: Tensor, prompts: list[
     return torch.stack(theta, dim=1), torch.stack(init, dim=1)
 
 
-def prompt_set(module: TrajectoryDPO, batch_prompts: list[str]) -> list[str]:
+def prompt_set(module: OnlineTrajectoryDPO, batch_prompts: list[str]) -> list[str]:
     """The training prompt set: the datamodule's ``prompts`` when it has them, else the batch's prompts."""
     trainer = module._trainer
     prompts = getattr(getattr(trainer, "datamodule", None), "prompts", None) if trainer is not None else None
     return list(prompts) if prompts else list(batch_prompts)
 
 
-def collect(module: TrajectoryDPO, batch_prompts: list[str]) -> dict[str, float]:
+def collect(module: OnlineTrajectoryDPO, batch_prompts: list[str]) -> dict[str, float]:
     """One collection into ``module.buffer``: ``prompts_per_collection`` prompts from the prompt set (the batch's
     prompts when it is ``None``); returns the rewards' mean and standard deviation. The prompts and the chains'
     seeds depend only on the seed, the process rank and the global step (the collection round
@@ -208,11 +208,12 @@ def collect(module: TrajectoryDPO, batch_prompts: list[str]) -> dict[str, float]
     return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0}
 
 
-def update(module: TrajectoryDPO) -> tuple[Tensor, dict[str, Any]]:
-    """One update's loss: ``pairs_per_step`` comparisons drawn from the buffer, K step indices each, in
-    micro-batches of ``micro_batch_size`` comparisons. Every micro-batch but the last is back-propagated here
-    (scaled by its share of the comparisons); the returned loss is the last one's share, for Lightning's
-    backward, so the gradients sum to those of the whole-batch mean. Returns that tensor and the statistics
+def update(module: OnlineTrajectoryDPO) -> tuple[Tensor, dict[str, Any]]:
+    """One update's loss: ``pairs_per_step`` comparisons drawn from the buffer, K step indices each from
+    ``module.step_weights``, ``module.loss`` on their log-probs, in micro-batches of ``micro_batch_size``
+    comparisons. Every micro-batch but the last is back-propagated here (scaled by its share of the comparisons);
+    the returned loss is the last one's share, for Lightning's backward, so the gradients sum to those of the
+    whole-batch mean. Returns that tensor and the statistics
     (``loss``: the whole update's loss, detached; ``count``: the comparisons)."""
     settings = module.trajectory
     comparisons = draw_comparisons(module.buffer, settings.pairs_per_step, settings.num_compared)
@@ -232,10 +233,10 @@ def update(module: TrajectoryDPO) -> tuple[Tensor, dict[str, Any]]:
         part_steps = steps[start:start + size].repeat(n, 1)
         logp_theta, logp_init = chain_log_probs(module.backbone, latents, prompts, timesteps, part_steps,
                                                 module.guidance_scale, settings.eta)
-        columns = torch.arange(settings.num_sampled_steps, device=logp_theta.device)  # row r's steps[r]
-        scores = trajectory_scores(logp_theta, logp_init, columns, settings.beta, settings.clip)
-        scores = scores.view(n, len(part)).T  # (comparisons, n), best first
-        loss, part_stats = dense_dpo_loss(scores[:, 0], scores[:, 1]) if n == 2 else listmle_loss(scores)
+        # (n * C, K) rows, position-major -> (C, n, K): comparison, its chains best first, the drawn steps
+        k = settings.num_sampled_steps
+        loss, part_stats = module.loss(logp_theta.view(n, len(part), k).transpose(0, 1),
+                                       logp_init.view(n, len(part), k).transpose(0, 1))
         share = loss * (len(part) / len(comparisons))
         total += share.detach()
         stats.append({key: v * (len(part) / len(comparisons)) for key, v in part_stats.items()})
@@ -247,7 +248,7 @@ def update(module: TrajectoryDPO) -> tuple[Tensor, dict[str, Any]]:
     return last, {"loss": total, "count": len(comparisons), **merged}
 
 
-def _backward(module: TrajectoryDPO, loss: Tensor) -> None:
+def _backward(module: OnlineTrajectoryDPO, loss: Tensor) -> None:
     """Back-propagate a micro-batch's loss inside an update as Lightning back-propagates the returned one: divided
     by the trainer's ``accumulate_grad_batches``, through its gradient scaler when it has one (fp16), with the
     module's non-finite check. Under DDP this only accumulates local gradients (the reducer waits for the forward's
@@ -262,7 +263,7 @@ def _backward(module: TrajectoryDPO, loss: Tensor) -> None:
     loss.backward()
 
 
-def check_strategy(module: TrajectoryDPO) -> None:
+def check_strategy(module: OnlineTrajectoryDPO) -> None:
     """Micro-batched updates back-propagate inside ``training_step``, which DeepSpeed's engine does not allow."""
     trainer = module._trainer
     settings = module.trajectory
@@ -272,6 +273,6 @@ def check_strategy(module: TrajectoryDPO) -> None:
                          "micro_batch_size: null and the trainer's accumulate_grad_batches instead")
 
 
-def run_seed(module: TrajectoryDPO) -> int:
+def run_seed(module: OnlineTrajectoryDPO) -> int:
     """The module's ``seed``, else the run's ``seed_everything`` seed (``PL_GLOBAL_SEED``), 0 without one."""
     return module.seed if module.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_pref.backbone import DiffusionBackbone
+from lit_pref.losses import ClippedPPOLoss, PPOLoss
 from lit_pref.modules.ppo import PPOModule, PPOSettings
 from lit_pref.rewards import Scorer
 
@@ -36,6 +38,7 @@ class DDPO(PPOModule):
         num_inference_steps: int = 50,
         guidance_scale: float = 5.0,
         ppo: PPOSettings = PPOSettings(),
+        loss: PPOLoss = lazy_instance(ClippedPPOLoss),
     ) -> None:
         """
         Args:
@@ -47,8 +50,10 @@ class DDPO(PPOModule):
             num_inference_steps: DDIM steps of every sampled chain (ddpo: 50).
             guidance_scale: Classifier-free guidance scale of the sampled chains (ddpo: 5.0).
             ppo: Policy-gradient settings (K = ``ppo.num_images`` chains per prompt of a batch).
+            loss: The policy-gradient loss on each stored step; any ``lit_pref.losses.PPOLoss`` (DDPO's clipped
+                PPO objective by default).
         """
-        super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale, ppo)
+        super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale, ppo, loss)
         self.scorer = scorer  # a plain attribute, never a registered submodule
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:

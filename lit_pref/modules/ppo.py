@@ -7,26 +7,25 @@ import math
 from dataclasses import dataclass
 
 import torch
+from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lit_pref.backbone import Conditioning, DiffusionBackbone
 from lit_pref.backbone.ddim_logprob import Trajectory
-from lit_pref.losses.ppo import ppo_clip_loss
+from lit_pref.losses import ClippedPPOLoss, PPOLoss
 from lit_pref.modules.base import LoRAModule
 from lit_pref.rewards.stat_tracking import PerPromptStatTracker
 
 
 @dataclass
 class PPOSettings:
-    """The policy-gradient settings (DDPO, kvablack/ddpo-pytorch; docs/methods.md §4).
+    """The policy-gradient settings (DDPO, kvablack/ddpo-pytorch; docs/methods.md §4); the loss's own (clip range,
+    advantage clip, KL weight) are the injected loss's arguments.
 
     Args:
         num_images: K, images sampled per prompt and round.
         eta: DDIM eta of the sampled chains (> 0; ddpo: 1.0).
-        clip_range: PPO ratio clip eps_clip (ddpo: 1e-4).
-        adv_clip: Advantage clamp (ddpo: 5).
-        kl_coef: Weight of the KL-to-reference penalty (0: none).
         inner_epochs: Passes over a round's samples (ddpo: 1).
         minibatch_size: Samples per optimizer step (the samples of a round are shuffled, then split).
         micro_batch_size: Samples per forward pass within a minibatch (gradients accumulated; ddpo's
@@ -45,9 +44,6 @@ class PPOSettings:
 
     num_images: int = 4
     eta: float = 1.0
-    clip_range: float = 1e-4
-    adv_clip: float = 5.0
-    kl_coef: float = 0.0
     inner_epochs: int = 1
     minibatch_size: int = 4
     micro_batch_size: int | None = None
@@ -68,11 +64,9 @@ class PPOSettings:
         for name in ("micro_batch_size", "sample_batch_size", "early_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"ppo.{name} must be >= 1 or None, got {getattr(self, name)}")
-        for name in ("eta", "clip_range", "adv_clip", "max_grad_norm"):
+        for name in ("eta", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ppo.{name} must be > 0, got {getattr(self, name)}")
-        if not self.kl_coef >= 0:
-            raise ValueError(f"ppo.kl_coef must be >= 0, got {self.kl_coef}")
         if not 0 < self.step_fraction <= 1:
             raise ValueError(f"ppo.step_fraction must be in (0, 1], got {self.step_fraction}")
 
@@ -89,8 +83,9 @@ class PPOModule(LoRAModule):
     """Base of the policy-gradient methods: samples K chains per prompt with every step's log-prob
     (:meth:`collect`), turns rewards into per-prompt advantages (``self.tracker``, a
     :class:`~lit_pref.rewards.stat_tracking.PerPromptStatTracker`), and runs the clipped PPO update
-    (:meth:`ppo_update`, :func:`~lit_pref.losses.ppo.ppo_clip_loss`). Uses manual optimization; the stat tracker
-    is not checkpointed. Subclasses decide where prompts and rewards come from."""
+    (:meth:`ppo_update`) with the injected ``loss`` (:class:`~lit_pref.losses.ClippedPPOLoss` by default). Uses
+    manual optimization; the stat tracker is not checkpointed. Subclasses decide where prompts and rewards come
+    from."""
 
     def __init__(
         self,
@@ -100,6 +95,7 @@ class PPOModule(LoRAModule):
         num_inference_steps: int = 50,
         guidance_scale: float = 5.0,
         ppo: PPOSettings = PPOSettings(),
+        loss: PPOLoss = lazy_instance(ClippedPPOLoss),
     ) -> None:
         """
         Args:
@@ -109,10 +105,12 @@ class PPOModule(LoRAModule):
             num_inference_steps: DDIM steps of every sampled chain (ddpo: 50).
             guidance_scale: Classifier-free guidance scale of the sampled chains (ddpo: 5.0).
             ppo: Policy-gradient settings.
+            loss: The policy-gradient loss on each stored step; any ``lit_pref.losses.PPOLoss``.
         """
         super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale)
         self.automatic_optimization = False
         self.ppo = ppo
+        self.loss = loss
         self.tracker = PerPromptStatTracker(ppo.buffer_size, ppo.min_count)
 
     # ------------------------------------------------------------------ sampling and log-probs
@@ -171,12 +169,10 @@ class PPOModule(LoRAModule):
                     for k in steps:
                         logp_new = self.step_log_probs(traj, micro, k, cond, negative)
                         logp_ref = None
-                        if settings.kl_coef > 0:
+                        if self.loss.needs_reference():
                             with self.backbone.reference_forward():
                                 logp_ref = self.step_log_probs(traj, micro, k, cond, negative)
-                        loss, stats = ppo_clip_loss(logp_new, traj.log_probs[micro, k], advantages[micro],
-                                                    settings.clip_range, settings.adv_clip, logp_ref,
-                                                    settings.kl_coef)
+                        loss, stats = self.loss(logp_new, traj.log_probs[micro, k], advantages[micro], logp_ref)
                         self.manual_backward(loss * weight)
                         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
                         for key, value in stats.items():

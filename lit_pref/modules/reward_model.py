@@ -1,5 +1,5 @@
 """RewardModel: VCA's "DPO-trained reward model", a head on frozen open_clip features trained on preference pairs
-with the Bradley-Terry loss (docs/methods.md §4)."""
+with the Bradley-Terry loss or any injected ``RewardLoss`` (docs/methods.md §4)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from jsonargparse import lazy_instance
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lit_pref.losses.bradley_terry import bradley_terry_loss
+from lit_pref.losses import BradleyTerryLoss, RewardLoss
 from lit_pref.modules.empty_batches import EmptyBatchGuard
 from lit_pref.rewards.clip_score import clip_preprocess, load_open_clip
 from lit_pref.rewards.reward_model import RewardHead, clip_tokenizer, resolve_clip, save_reward_model
@@ -23,7 +24,8 @@ class RewardModel(EmptyBatchGuard, LightningModule):
 
     Batches are those of ``lit_pref.datamodules.PreferencePairDataModule`` / ``ToyPreferenceDataModule``: ``images_0``,
     ``images_1`` in [-1, 1], ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie) and ``captions``. Per pair
-    the loss is ``-logsigmoid(beta * (s_w - s_l))``, averaged over the batch; logged as ``train/loss``,
+    the loss is the injected ``loss`` of the head's scores (by default ``-logsigmoid(beta * (s_w - s_l))``, averaged
+    over the batch); logged as ``train/loss``,
     ``train/accuracy`` (s_w > s_l), ``train/margin``, ``train/ties_dropped`` and ``val/*`` alike.
 
     Satisfaction as an extra target: batches of ``DialogueDataModule(pairs=True)`` carry ``satisfaction`` ``[B]``, the
@@ -42,7 +44,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
         clip_model: str = "ViT-L-14",
         clip_pretrained: str | None = "openai",
         hidden_dim: int = 256,
-        beta: float = 1.0,
+        loss: RewardLoss = lazy_instance(BradleyTerryLoss),
         ties: Literal["drop", "keep_first", "raise"] = "drop",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         export_dir: str | None = None,
@@ -54,7 +56,8 @@ class RewardModel(EmptyBatchGuard, LightningModule):
                 ``local-dir:`` folder or an ``hf-hub:`` id.
             clip_pretrained: Pretrained tag or checkpoint of ``clip_model`` (``None`` for folders and ``"toy"``).
             hidden_dim: Width of the head's hidden layer; 0 for a linear head.
-            beta: Scale of the score difference in the Bradley-Terry loss (> 0).
+            loss: The loss on the head's scores of winners and losers; any ``lit_pref.losses.RewardLoss``
+                (the Bradley-Terry loss by default).
             ties: Pairs with ``label_0 == 0.5``: ``drop`` (counted as ``train/ties_dropped``), ``keep_first``
                 (image 0 as winner), or ``raise``.
             optimizer: Optimizer factory, called with the head's parameters.
@@ -63,8 +66,6 @@ class RewardModel(EmptyBatchGuard, LightningModule):
             satisfaction_weight: Weight w of the satisfaction term (see the class docstring); 0 turns it off.
         """
         super().__init__()
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
         if hidden_dim < 0:
             raise ValueError(f"hidden_dim must be >= 0, got {hidden_dim}")
         if ties not in ("drop", "keep_first", "raise"):
@@ -76,7 +77,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
         self.tokenizer = clip_tokenizer(model)
         embed_dim = int(self.clip.encode_text(self.tokenizer([""])).shape[-1])
         self.head = RewardHead(embed_dim, hidden_dim)
-        self.beta = beta
+        self.loss = loss
         self.ties = ties
         self.optimizer = optimizer
         self.export_dir = export_dir
@@ -125,7 +126,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
         if n == 0:  # nothing to learn from: a zero loss that still runs backward, and the step is skipped
             return self.empty_batch_loss(self.head.parameters()) if stage == "train" else None
         scores = self(torch.cat([images_w, images_l]), captions * 2)
-        loss, stats = bradley_terry_loss(scores[:n], scores[n:], self.beta)
+        loss, stats = self.loss(scores[:n], scores[n:])
         if self.satisfaction_weight > 0 and "satisfaction" in batch:
             label = batch["label_0"].to(self.device)
             keep = label != 0.5 if self.ties == "drop" else torch.ones_like(label, dtype=torch.bool)

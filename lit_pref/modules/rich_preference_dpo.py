@@ -8,16 +8,12 @@ RPO changes the data, not the loss: training is TrajectoryDPO's offline Diffusio
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any
 
-import torch
-from jsonargparse import lazy_instance
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.formats.rich_pairs import read_stats, round_dir
-from lit_pref.losses import DiffusionDPOLoss, PairLoss
-from lit_pref.modules.trajectory_dpo import TiesPolicy, TrajectoryDPO
+from lit_pref.modules.trajectory_dpo import TrajectoryDPO
 from lit_pref.rpo import PairSynthesizer, resolve_prompts
 
 ROUND_SEED_STRIDE = 1_000_003  # round r samples its items with seeds synthesis_seed + r * stride + i
@@ -45,18 +41,6 @@ class RichPreferenceDPO(TrajectoryDPO):
     def __init__(
         self,
         backbone: DiffusionBackbone,
-        loss: PairLoss = lazy_instance(DiffusionDPOLoss),
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable | None = None,
-        ties: TiesPolicy = "drop",
-        proportion_empty_prompts: float = 0.0,
-        val_seed: int = 0,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
-        timestep_grid: Literal["train", "inference"] = "train",
-        timestep_range: tuple[float, float] = (0.0, 1.0),
-        max_nonfinite_steps: int = 10,
-        seed: int | None = None,
         resynthesize_every: int = 0,
         synthesizer: PairSynthesizer | None = None,
         prompts: list[str] | str | None = None,
@@ -64,25 +48,11 @@ class RichPreferenceDPO(TrajectoryDPO):
         max_pairs: int | None = None,
         pairs_dir: str | None = None,
         synthesis_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
             backbone: The diffusion model with LoRA adapters (policy; adapters off = reference).
-            loss: The pair loss on per-sample errors (Diffusion-DPO by default).
-            optimizer: Optimizer factory, called with the LoRA parameters only.
-            scheduler: Learning-rate scheduler factory, stepped every optimizer step; ``None`` = constant.
-            ties: Pairs with ``label_0 == 0.5`` (none in synthesised pairs): ``drop``, ``keep_first`` or ``raise``.
-            proportion_empty_prompts: Probability of training a pair with the empty prompt.
-            val_seed: Seed of the timesteps and noise of validation batches.
-            num_inference_steps: DDIM steps when the module generates images (``predict``).
-            guidance_scale: Classifier-free guidance when the module generates images.
-            timestep_grid: ``"train"`` (t uniform over the training timesteps, the paper) or ``"inference"``.
-            timestep_range: ``"train"`` grid: the fraction of the training timesteps t is drawn from (see
-                :class:`TrajectoryDPO`); ``(0, 1)``: all of them.
-            max_nonfinite_steps: Optimizer steps with a NaN/inf loss that are skipped before training stops with an
-                error (as in :class:`TrajectoryDPO`).
-            seed: Seed of the per-pair draws (timesteps, noise, empty prompts); ``None``: the run's
-                ``seed_everything`` seed.
             resynthesize_every: Iterative mode: synthesise a new round of pairs from the current policy every this
                 many epochs; 0: offline (the pairs come from the datamodule as they are).
             synthesizer: Iterative mode: critic, editor and relabelling scorer (``lit_pref.rpo.PairSynthesizer``).
@@ -93,12 +63,11 @@ class RichPreferenceDPO(TrajectoryDPO):
             max_pairs: Iterative mode: pairs kept per round (``None``: as many as the items give).
             pairs_dir: Iterative mode: folder of the rounds (``round-0000/``...), the datamodule's ``pairs_dir``.
             synthesis_seed: Iterative mode: round r samples item i with seed ``synthesis_seed + r * 1000003 + i``.
+            kwargs: The training arguments of :class:`TrajectoryDPO` (``loss``, ``optimizer``, ``ties``,
+                ``timestep_grid``, ``timestep_range``, ``seed``, ...): the per-pair draws, timesteps and loss are
+                TrajectoryDPO's.
         """
-        super().__init__(backbone, loss=loss, optimizer=optimizer, scheduler=scheduler, ties=ties,
-                         proportion_empty_prompts=proportion_empty_prompts, val_seed=val_seed,
-                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, mode="offline",
-                         timestep_grid=timestep_grid, timestep_range=timestep_range,
-                         max_nonfinite_steps=max_nonfinite_steps, seed=seed)
+        super().__init__(backbone, **kwargs)
         if resynthesize_every < 0:
             raise ValueError(f"resynthesize_every must be >= 0, got {resynthesize_every}")
         if resynthesize_every > 0:

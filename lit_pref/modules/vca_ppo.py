@@ -15,6 +15,7 @@ from torch import Tensor
 
 from lit_pref.formats.dialogues import Dialogue, Turn
 from lit_pref.backbone import DiffusionBackbone
+from lit_pref.losses import ClippedPPOLoss, PPOLoss
 from lit_pref.modules.ppo import PPOModule, PPOSettings
 from lit_pref.rewards import Scorer
 from lit_pref.rewards.vca import TERMS, VCAReward
@@ -73,6 +74,7 @@ class VCAPPO(PPOModule):
         num_inference_steps: int = 50,
         guidance_scale: float = 5.0,
         ppo: PPOSettings = PPOSettings(),
+        loss: PPOLoss = lazy_instance(ClippedPPOLoss),
         hidden_reward: Scorer | None = None,
     ) -> None:
         """
@@ -88,10 +90,12 @@ class VCAPPO(PPOModule):
             num_inference_steps: DDIM steps of every sampled chain (ddpo: 50).
             guidance_scale: Classifier-free guidance scale of the sampled chains (ddpo: 5.0).
             ppo: Policy-gradient settings.
+            loss: The policy-gradient loss on each stored step; any ``lit_pref.losses.PPOLoss`` (DDPO's clipped
+                PPO objective by default).
             hidden_reward: A ground-truth scorer to log (not trained on), scored against each user's
                 ``target_caption`` (``lit_pref.toy.ToyGroundTruthReward`` on the toy world); play only.
         """
-        super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale, ppo)
+        super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale, ppo, loss)
         if num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
         if users is None and hidden_reward is not None:
