@@ -1,7 +1,10 @@
 """Data modules of lit_pref: preference pairs (files, synthetic, toy world), toy images, prompt lists and dialogues."""
 
 from .dialogues import Dialogue, DialogueDataModule, DialogueFormatError, Turn, append_dialogue, read_dialogues
-from .preference_pairs import BadRowError, PreferencePairDataModule, PreferencePairDataset, collate_pairs
+from .pair_batches import collate_pairs
+from .pair_datamodule import PreferencePairDataModule
+from .pair_rows import BadRowError
+from .preference_pairs import PreferencePairDataset
 from .prompts import PromptDataModule
 from .resumable import EpochSampler, ResumableLoader
 from .rich_pairs import RichPreferenceDataModule

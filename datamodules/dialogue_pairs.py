@@ -35,7 +35,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .dialogues import Dialogue, read_dialogues
-from .preference_pairs import _resize_shorter, _to_tensor, collate_pairs
+from .image_modes import resize_shorter, image_to_tensor
+from .pair_batches import collate_pairs
 
 __all__ = ["DialoguePair", "DialoguePairDataset", "dialogue_pairs", "export_pairs", "main", "round_prompt"]
 
@@ -124,10 +125,10 @@ class DialoguePairDataset(Dataset):
         with Image.open(path) as image:
             rgb = image.convert("RGB")
         r = self.resolution
-        resized = _resize_shorter(rgb, r)
+        resized = resize_shorter(rgb, r)
         w, h = resized.size
         top, left = int(round((h - r) / 2)), int(round((w - r) / 2))
-        return _to_tensor(resized.crop((left, top, left + r, top + r))), (rgb.height, rgb.width), (top, left)
+        return image_to_tensor(resized.crop((left, top, left + r, top + r))), (rgb.height, rgb.width), (top, left)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]

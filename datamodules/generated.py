@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_pref.io import atomic_dir, atomic_file
 
-from .preference_pairs import PreferencePairDataModule
+from .pair_datamodule import PreferencePairDataModule
 
 PAIR_SCHEMA = pa.schema(
     [("caption", pa.string()), ("jpg_0", pa.binary()), ("jpg_1", pa.binary()), ("label_0", pa.float64())]

@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch.utils.data import ConcatDataset, DataLoader
 
-from .preference_pairs import PreferencePairDataModule
+from .pair_datamodule import PreferencePairDataModule
 
 
 STATS_FILE = "_stats.json"  # written by lit_pref.rpo.PairSynthesizer when a synthesis run is complete
