@@ -78,7 +78,8 @@ class Setup:
 
 
 def build(preset: str, dtype: str, device: torch.device) -> TrajectoryDPO:
-    backbone = DiffusionBackbone(model=preset, dtype=dtype, lora_rank=8, lora_target_modules=LORA_TARGETS)
+    with device:  # random weights drawn on the device: seconds, not a minute of CPU for SD1.5's 1.07B
+        backbone = DiffusionBackbone(model=preset, dtype=dtype, lora_rank=8, lora_target_modules=LORA_TARGETS)
     return TrajectoryDPO(backbone, loss=DiffusionDPOLoss(beta=5000.0)).to(device).train()
 
 
