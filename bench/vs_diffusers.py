@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's)")
     parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step")
     parser.add_argument("--data-pairs", type=int, default=8, help="rows of the parquet (an epoch is rows / pairs steps)")
-    parser.add_argument("--steps", type=int, nargs=2, default=[2, 22], metavar=("SHORT", "LONG"),
+    parser.add_argument("--steps", type=int, nargs=2, default=[2, 42], metavar=("SHORT", "LONG"),
                         help="optimizer steps of the short and the long run")
     parser.add_argument("--rounds", type=int, default=2, help="rounds (the programs alternate their order)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
