@@ -1,56 +1,46 @@
-"""Build or reuse the encoding cache of the training and validation pairs at the start of fit."""
+"""Cache the frozen encoders' outputs for the training and validation pairs, filled during the first epoch."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_pref.datamodules.encoding_cache import (
-    CacheableDataset,
-    EncodingStore,
-    allocate,
-    entry_path,
-    fill,
-    finalize,
-    new_build_dir,
-    open_entry,
-)
+from lit_pref.datamodules.encoding_cache import EncodingStore, create, entry_path, open_entry
 
 
 class EncodingCache(Callback):
     """Run the frozen VAE and text encoder(s) once per image and caption instead of at every training step.
 
     At the start of fit, for the datamodule's ``train_dataset`` and ``val_dataset`` (``PreferencePairDataModule``
-    and its subclasses), the callback finds the cache entry for that data and the model's encoders under
-    ``cache_dir``, builds it if missing (on the model's device), and attaches it to the data set: its batches then
-    carry VAE posteriors and text embeddings instead of images, no image is decoded, and the module's step skips
-    both encoders. Training is unchanged: each step still draws a fresh latent from the cached posterior, exactly
-    as a fresh encoding would (same values for the same random state).
+    and its subclasses), the callback opens the cache entry for that data and the model's encoders under
+    ``cache_dir`` (creating it empty if missing: no encoding before the first step) and attaches it to the data set.
+    The entry is filled write-through: an item not yet cached is decoded from its images as without a cache, and
+    before the step the callback encodes the batch's images and captions once, writes the encodings to the entry
+    and hands the step the encodings instead of the images; an item already cached comes as its encodings, no
+    image decoded. So the first epoch costs what it costs without a cache, and later epochs (and later runs on the
+    same data and model) skip both encoders. Training is unchanged: each step still draws a fresh latent from the
+    cached posterior, exactly as a fresh encoding would (same values for the same random state). An interrupted
+    fill resumes where it stopped; in a distributed run each process fills the items it trains on.
 
     Entries are keyed by ``DiffusionBackbone.encoder_fingerprint()`` (VAE, text encoders, tokenizers, dtypes) and
     the data set's ``cache_identity()`` (files, rows, resolution, crop, flip and -- when they are random -- the
-    seed), so changing the model or the data builds a new entry; old ones stay on disk until deleted. In a
-    distributed run the processes share the encoding work and ``cache_dir`` must be on a file system they share.
-    The cache serves ``fit`` (training and validation batches); ``validate`` and ``test`` read images.
+    seed), so changing the model or the data selects a new entry; old ones stay on disk until deleted. In a
+    distributed run ``cache_dir`` must be on a local file system the processes share (memory maps).
+    ``lit_pref.datamodules.encoding_cache.open_or_build`` fills an entry in one pass instead, ahead of training.
 
     Disk use per item: two posteriors (``2 x 2C x h x w`` values in the VAE's dtype: 128 KiB at 512 px in float32)
     plus, per distinct caption, the text embeddings (``77 x D`` in the model's dtype: 118 KiB for SD1.5 in bf16).
     """
 
-    def __init__(self, cache_dir: str, batch_size: int = 16, num_workers: int = 0) -> None:
+    def __init__(self, cache_dir: str) -> None:
         """
         Args:
             cache_dir: Folder of the cache entries (created if missing).
-            batch_size: Images (and captions) per encoder call while building an entry.
-            num_workers: DataLoader workers decoding images while building an entry.
         """
         self.cache_dir = cache_dir
-        self.batch_size = batch_size
-        self.num_workers = num_workers
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
@@ -64,29 +54,60 @@ class EncodingCache(Callback):
         backbone = pl_module.backbone
         model_fingerprint = backbone.encoder_fingerprint()
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # building draws no training randomness
+        with torch.random.fork_rng(devices=devices):  # allocating probes the encoders: no training randomness drawn
             for dataset in datasets:
-                dataset.use_encodings(self._entry(trainer, backbone, model_fingerprint, dataset))
+                final = entry_path(self.cache_dir, dataset, model_fingerprint)
+                if trainer.is_global_zero and not (final / "manifest.json").is_file():
+                    create(final, dataset, backbone, model_fingerprint)
+                trainer.strategy.barrier("encoding_cache_created")
+                store = open_entry(final, dataset, model_fingerprint)
+                missing = len(store.missing())
+                rank_zero_info(f"EncodingCache: {final}: {len(store) - missing} of {len(store)} pairs cached"
+                               + (", the rest are cached as they are trained on" if missing else ""))
+                dataset.use_encodings(store)
 
-    def _entry(self, trainer: Trainer, backbone, model_fingerprint: str, dataset: CacheableDataset) -> EncodingStore:
-        strategy = trainer.strategy
-        final = entry_path(self.cache_dir, dataset, model_fingerprint)
-        if strategy.broadcast(not (final / "manifest.json").is_file()):
-            rank_zero_info(f"EncodingCache: encoding {len(dataset)} pairs into {final}")
-            tmp = Path(strategy.broadcast(str(new_build_dir(final)) if trainer.is_global_zero else None))
-            try:
-                if trainer.is_global_zero:
-                    allocate(tmp, dataset, backbone, model_fingerprint)
-                strategy.barrier("encoding_cache_allocated")
-                fill(tmp, dataset, backbone, trainer.global_rank, trainer.world_size, self.batch_size, self.num_workers)
-                strategy.barrier("encoding_cache_filled")
-                if trainer.is_global_zero:
-                    finalize(tmp, final)
-                strategy.barrier("encoding_cache_finalized")
-            except BaseException:
-                if trainer.is_global_zero:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        else:
-            rank_zero_info(f"EncodingCache: reusing {final}")
-        return open_entry(final, dataset, model_fingerprint)
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._write_through(pl_module, batch, getattr(trainer.datamodule, "train_dataset", None))
+
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._write_through(pl_module, batch, getattr(trainer.datamodule, "val_dataset", None))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for name in ("train_dataset", "val_dataset"):
+            store = getattr(getattr(trainer.datamodule, name, None), "encodings", None)
+            if store is not None:
+                store.flush()
+
+    @staticmethod
+    def _write_through(pl_module: LightningModule, batch: Any, dataset: Any) -> None:
+        """Encode the batch's items that are not cached yet, store them and put their encodings in the batch (in
+        place, for the step) instead of their images; cached items' encodings are already there."""
+        store: EncodingStore | None = getattr(dataset, "encodings", None)
+        if store is None or not isinstance(batch, dict) or "images_0" not in batch or len(batch["captions"]) == 0:
+            return
+        backbone = pl_module.backbone
+        cached = batch.pop("cached", None)
+        fresh = ~cached if cached is not None else torch.ones(len(batch["captions"]), dtype=torch.bool)
+        with torch.no_grad():
+            dist_0 = backbone.encode_latent_dist(batch.pop("images_0"))
+            dist_1 = backbone.encode_latent_dist(batch.pop("images_1"))
+            text = backbone.encode_text([c for c, f in zip(batch["captions"], fresh.tolist()) if f])
+        store.write(batch["indices"][fresh.to(batch["indices"].device)].tolist(), dist_0, dist_1, text,
+                    batch["original_sizes"][fresh.to(batch["original_sizes"].device)],
+                    batch["crop_top_left"][fresh.to(batch["crop_top_left"].device)])
+        if cached is None:
+            batch.update(latent_dists_0=dist_0, latent_dists_1=dist_1, text=text)
+            return
+        batch["latent_dists_0"] = _merge(fresh, dist_0, batch["latent_dists_0"])
+        batch["latent_dists_1"] = _merge(fresh, dist_1, batch["latent_dists_1"])
+        batch["text"] = {key: _merge(fresh, value, batch["text"][key]) for key, value in text.items()}
+
+
+def _merge(fresh: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Rows in batch order: ``new``'s where ``fresh``, ``old``'s elsewhere."""
+    merged = new.new_empty((len(fresh), *new.shape[1:]))
+    fresh = fresh.to(new.device)
+    merged[fresh] = new
+    merged[~fresh] = old.to(new.device, new.dtype)
+    return merged

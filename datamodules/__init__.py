@@ -7,7 +7,10 @@ world's data modules are in :mod:`lit_pref.toy`.
 from lit_pref.formats.dialogues import Dialogue, DialogueFormatError, Turn, append_dialogue, read_dialogues
 
 from .dialogues import DialogueDataModule
-from .preference_pairs import BadRowError, PreferencePairDataModule, PreferencePairDataset, collate_pairs
+from .pair_batches import collate_pairs
+from .pair_datamodule import PreferencePairDataModule
+from .pair_rows import BadRowError
+from .preference_pairs import PreferencePairDataset
 from .prompts import PromptDataModule
 from .resumable import EpochSampler, ResumableLoader
 from .rich_pairs import RichPreferenceDataModule

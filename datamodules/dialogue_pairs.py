@@ -37,7 +37,8 @@ from lit_pref.commands import function_parser
 from lit_pref.formats.dialogues import Dialogue, read_dialogues
 from lit_pref.io import atomic_file
 
-from .preference_pairs import _resize_shorter, _to_tensor, collate_pairs
+from .image_modes import image_to_tensor, resize_shorter
+from .pair_batches import collate_pairs
 
 __all__ = ["DialoguePair", "DialoguePairDataset", "dialogue_pairs", "export_pairs", "main", "round_prompt"]
 
@@ -126,10 +127,10 @@ class DialoguePairDataset(Dataset):
         with Image.open(path) as image:
             rgb = image.convert("RGB")
         r = self.resolution
-        resized = _resize_shorter(rgb, r)
+        resized = resize_shorter(rgb, r)
         w, h = resized.size
         top, left = int(round((h - r) / 2)), int(round((w - r) / 2))
-        return _to_tensor(resized.crop((left, top, left + r, top + r))), (rgb.height, rgb.width), (top, left)
+        return image_to_tensor(resized.crop((left, top, left + r, top + r))), (rgb.height, rgb.width), (top, left)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]

@@ -4,19 +4,26 @@ The VAE and the text encoder(s) are frozen, so their outputs for a given item ne
 per item, the VAE posterior of both images (mean and log-variance, from which each step still draws a fresh
 latent exactly as a fresh encoding would) and, per distinct caption, the text embeddings. An entry is keyed by
 the model (``DiffusionBackbone.encoder_fingerprint()``: VAE, text encoders, tokenizers, dtypes) and by the data
-(the dataset's ``cache_identity()``: files, rows, preprocessing); a change of either selects another entry, which
-is built on first use. ``lit_pref.callbacks.EncodingCache`` builds and attaches entries at the start of fit.
+(the dataset's ``cache_identity()``: files, rows, preprocessing); a change of either selects another entry.
 
-Layout of one entry, ``<cache_dir>/<data key>-<model key>/`` (written in a temporary folder, renamed when done)::
+An entry is created empty (its arrays allocated, every item "not yet encoded") and filled item by item:
+``lit_pref.callbacks.EncodingCache`` writes each batch's encodings through to it during the first epoch (so the
+cache costs no start-up), or :func:`fill` encodes the missing items in one pass. An item's arrays are written
+before its state says "encoded", so an interrupted fill leaves a valid entry that the next run completes.
+
+Layout of one entry, ``<cache_dir>/<data key>-<model key>/`` (allocated in a temporary folder, renamed when
+allocated)::
 
     manifest.json                          fingerprints, data identity, array dtypes
+    state.npy                              (N,) uint8: 0 not yet encoded, 1 encoded, 2 an image did not decode
     latent_dist_0.npy, latent_dist_1.npy   (N, 2C, h, w) VAE posterior parameters of image 0 / image 1
     text_hidden.npy                        (U, 77, D) per distinct caption (text_pooled.npy (U, P) for SDXL)
     caption_index.npy                      (N,) row of each item's caption in text_*.npy
     original_size.npy, crop_top_left.npy   (N, 2) as the dataset item gives them
-    valid.npy                              (N,) False where an image did not decode (``on_bad_row="skip"``)
 
 bfloat16 arrays are stored as int16 bit patterns (numpy has no bfloat16); the manifest names the real dtype.
+Several processes (DataLoader workers, the processes of a distributed run) share an entry through the page
+cache: ``cache_dir`` must be on a local file system, or one that keeps shared memory maps coherent.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MISSING, ENCODED, BAD = 0, 1, 2  # item states
 logger = logging.getLogger(__name__)
 
 _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
@@ -82,7 +90,7 @@ def _to_tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
 
 
 class EncodingStore:
-    """A finished cache entry, read through memory maps (opened lazily in each process, so it pickles cheaply
+    """A cache entry, read and written through memory maps (opened lazily in each process, so it pickles cheaply
     into DataLoader workers)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -91,38 +99,70 @@ class EncodingStore:
         try:
             self.manifest = json.loads(manifest_file.read_text())
         except (OSError, ValueError) as e:
-            raise FileNotFoundError(f"{manifest_file}: not a finished encoding-cache entry ({e})") from e
+            raise FileNotFoundError(f"{manifest_file}: not an encoding-cache entry ({e})") from e
         if self.manifest.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{manifest_file}: cache format {self.manifest.get('format')}, expected {FORMAT_VERSION}")
-        self._arrays: dict[str, np.ndarray] | None = None
+            raise ValueError(f"{manifest_file}: cache format {self.manifest.get('format')}, expected "
+                             f"{FORMAT_VERSION}; delete the folder")
+        self._dtypes = {name: _DTYPES[d] for name, d in self.manifest["dtypes"].items()}
+        self._maps: dict[str, dict[str, np.ndarray]] = {"r": {}, "r+": {}}
 
     def __len__(self) -> int:
         return int(self.manifest["num_items"])
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_arrays": None}
+        return {**self.__dict__, "_maps": {"r": {}, "r+": {}}}
 
-    def _array(self, name: str) -> np.ndarray:
-        if self._arrays is None:
-            self._arrays = {p.stem: np.load(p, mmap_mode="r") for p in self.path.glob("*.npy")}
-        return self._arrays[name]
+    def _array(self, name: str, mode: str = "r") -> np.ndarray:
+        maps = self._maps[mode]
+        if name not in maps:
+            maps[name] = np.load(self.path / f"{name}.npy", mmap_mode=mode)
+        return maps[name]
 
-    def item(self, index: int) -> dict[str, Any] | None:
-        """The cached encodings of item ``index`` (``latent_dist_0``, ``latent_dist_1``, ``text``,
-        ``original_size``, ``crop_top_left``), or None if its images did not decode when the entry was built."""
-        if not bool(self._array("valid")[index]):
-            return None
-        dtypes = {name: _DTYPES[d] for name, d in self.manifest["dtypes"].items()}
+    def state(self, index: int) -> int:
+        """:data:`MISSING`, :data:`ENCODED` or :data:`BAD` (its images did not decode)."""
+        return int(self._array("state")[index])
+
+    def missing(self) -> np.ndarray:
+        """Indices of the items not yet encoded."""
+        return np.flatnonzero(self._array("state") == MISSING)
+
+    def item(self, index: int) -> dict[str, Any]:
+        """The cached encodings of encoded item ``index`` (``latent_dist_0``, ``latent_dist_1``, ``text``,
+        ``original_size``, ``crop_top_left``)."""
         caption = int(self._array("caption_index")[index])
-        text = {key: _to_tensor(self._array(f"text_{key}")[caption], dtypes[f"text_{key}"])
+        text = {key: _to_tensor(self._array(f"text_{key}")[caption], self._dtypes[f"text_{key}"])
                 for key in self.manifest["text_keys"]}
         return {
-            "latent_dist_0": _to_tensor(self._array("latent_dist_0")[index], dtypes["latent_dist"]),
-            "latent_dist_1": _to_tensor(self._array("latent_dist_1")[index], dtypes["latent_dist"]),
+            "latent_dist_0": _to_tensor(self._array("latent_dist_0")[index], self._dtypes["latent_dist"]),
+            "latent_dist_1": _to_tensor(self._array("latent_dist_1")[index], self._dtypes["latent_dist"]),
             "text": text,
             "original_size": torch.from_numpy(np.array(self._array("original_size")[index])),
             "crop_top_left": torch.from_numpy(np.array(self._array("crop_top_left")[index])),
         }
+
+    def write(self, indices: Sequence[int], latent_dist_0: Tensor, latent_dist_1: Tensor, text: dict[str, Tensor],
+              original_size: Tensor, crop_top_left: Tensor) -> None:
+        """Store the encodings of items ``indices`` (first dimension of every tensor), then mark them encoded."""
+        rows = np.asarray(indices, dtype=np.int64)
+        if rows.size == 0:
+            return
+        self._array("latent_dist_0", "r+")[rows] = _to_numpy(latent_dist_0)
+        self._array("latent_dist_1", "r+")[rows] = _to_numpy(latent_dist_1)
+        captions = self._array("caption_index")[rows]
+        for key, value in text.items():
+            self._array(f"text_{key}", "r+")[captions] = _to_numpy(value)
+        self._array("original_size", "r+")[rows] = _to_numpy(original_size)
+        self._array("crop_top_left", "r+")[rows] = _to_numpy(crop_top_left)
+        self._array("state", "r+")[rows] = ENCODED  # last: a reader never sees an item half written
+
+    def mark_bad(self, index: int) -> None:
+        """Record that item ``index``'s images did not decode (``on_bad_row="skip"``): it is skipped from now on."""
+        self._array("state", "r+")[index] = BAD
+
+    def flush(self) -> None:
+        """Write this process's changes to disk (the page cache already shares them with other processes)."""
+        for array in self._maps["r+"].values():
+            array.flush()
 
 
 def distinct_captions(dataset: CacheableDataset) -> tuple[list[str], np.ndarray]:
@@ -134,21 +174,21 @@ def distinct_captions(dataset: CacheableDataset) -> tuple[list[str], np.ndarray]
 
 
 def allocate(path: Path, dataset: CacheableDataset, encoder: Encoder, model_fingerprint: str) -> None:
-    """Create the entry's arrays in folder ``path`` (shapes probed with one blank image and the empty prompt)."""
+    """Create an empty entry in folder ``path`` (shapes probed with one blank image and the empty prompt)."""
     probe_latent = encoder.encode_latent_dist(torch.zeros(1, 3, dataset.resolution, dataset.resolution))
     probe_text = encoder.encode_text([""])
     distinct, caption_index = distinct_captions(dataset)
     n = len(dataset)
     shapes = {
-        "latent_dist_0": ((n, *probe_latent.shape[1:]), probe_latent.dtype),
-        "latent_dist_1": ((n, *probe_latent.shape[1:]), probe_latent.dtype),
-        **{f"text_{k}": ((len(distinct), *v.shape[1:]), v.dtype) for k, v in probe_text.items()},
+        "latent_dist_0": ((n, *probe_latent.shape[1:]), _STORAGE[probe_latent.dtype]),
+        "latent_dist_1": ((n, *probe_latent.shape[1:]), _STORAGE[probe_latent.dtype]),
+        **{f"text_{k}": ((len(distinct), *v.shape[1:]), _STORAGE[v.dtype]) for k, v in probe_text.items()},
+        "original_size": ((n, 2), np.int64),
+        "crop_top_left": ((n, 2), np.int64),
+        "state": ((n,), np.uint8),
     }
-    for name, (shape, dtype) in shapes.items():
-        np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=_STORAGE[dtype], shape=shape).flush()
-    for name in ("original_size", "crop_top_left"):
-        np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=np.int64, shape=(n, 2)).flush()
-    np.lib.format.open_memmap(path / "valid.npy", mode="w+", dtype=np.bool_, shape=(n,)).flush()
+    for name, (shape, dtype) in shapes.items():  # sparse files: zeros cost no disk until written
+        np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
     np.save(path / "caption_index.npy", caption_index)
     manifest = {
         "format": FORMAT_VERSION,
@@ -159,7 +199,28 @@ def allocate(path: Path, dataset: CacheableDataset, encoder: Encoder, model_fing
         "model_fingerprint": model_fingerprint,
         "data_identity": dataset.cache_identity(),
     }
-    (path / "manifest.pending.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def create(final: Path, dataset: CacheableDataset, encoder: Encoder, model_fingerprint: str) -> None:
+    """Allocate the entry ``final`` in a temporary folder beside it and move it into place (unless another run
+    did meanwhile), so a half-allocated entry is never seen."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.allocating-", dir=final.parent))
+    try:
+        allocate(tmp, dataset, encoder, model_fingerprint)
+        if not final.exists():
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_entry(final: Path, dataset: CacheableDataset, model_fingerprint: str) -> EncodingStore:
+    """Open an entry, checking that it was made from this data set and model (not just a prefix match)."""
+    store = EncodingStore(final)
+    if store.manifest["model_fingerprint"] != model_fingerprint or store.manifest["data_identity"] != dataset.cache_identity():
+        raise ValueError(f"{final}: the entry's fingerprints differ from the data set's and model's; delete the folder")
+    return store
 
 
 class _Indexed(Dataset):
@@ -173,75 +234,48 @@ class _Indexed(Dataset):
         return self.indices[i], self.dataset[self.indices[i]]
 
 
-def fill(path: Path, dataset: CacheableDataset, encoder: Encoder, rank: int = 0, world_size: int = 1,
+def fill(store: EncodingStore, dataset: CacheableDataset, encoder: Encoder, rank: int = 0, world_size: int = 1,
          batch_size: int = 16, num_workers: int = 0) -> None:
-    """Encode this process's share (every ``world_size``-th item and distinct caption from ``rank``) into the
-    arrays made by :func:`allocate`."""
-    arrays = {p.stem: np.load(p, mmap_mode="r+") for p in path.glob("*.npy") if p.stem != "caption_index"}
-    n = len(dataset)
-    loader = DataLoader(_Indexed(dataset.uncached(), range(rank, n, world_size)), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=list)
-    done = 0
-    for batch in loader:
-        kept = [(i, item) for i, item in batch if item is not None]
-        for i, item in batch:
-            arrays["valid"][i] = item is not None
-        if kept:
-            rows = [i for i, _ in kept]
-            for which in (0, 1):
-                images = torch.stack([item[f"image_{which}"] for _, item in kept])
-                arrays[f"latent_dist_{which}"][rows] = _to_numpy(encoder.encode_latent_dist(images))
-            arrays["original_size"][rows] = np.stack([item["original_size"].numpy() for _, item in kept])
-            arrays["crop_top_left"][rows] = np.stack([item["crop_top_left"].numpy() for _, item in kept])
-        done += len(batch)
-        if done % (50 * batch_size) < batch_size:
-            logger.info("encoding cache %s: %d of %d items (process %d)", path.name, done, len(loader.dataset), rank)
-    distinct, _ = distinct_captions(dataset)
-    mine = list(range(rank, len(distinct), world_size))
-    for start in range(0, len(mine), batch_size):
-        rows = mine[start:start + batch_size]
-        for key, value in encoder.encode_text([distinct[r] for r in rows]).items():
-            arrays[f"text_{key}"][rows] = _to_numpy(value)
-    for array in arrays.values():
-        array.flush()
+    """Encode this process's share (every ``world_size``-th) of the items ``store`` is missing, in one pass."""
+    missing = store.missing()
+    missing = missing[missing % world_size == rank]  # by index: shares stay disjoint whatever the others have done
+    loader = DataLoader(_Indexed(dataset.uncached(), missing), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=list)
+    with torch.no_grad():
+        for done, batch in enumerate(loader, start=1):
+            for i, item in batch:
+                if item is None:
+                    store.mark_bad(i)
+            kept = [(i, item) for i, item in batch if item is not None]
+            if kept:
+                items = [item for _, item in kept]
+                store.write(
+                    [i for i, _ in kept],
+                    *(encoder.encode_latent_dist(torch.stack([item[f"image_{w}"] for item in items])) for w in (0, 1)),
+                    encoder.encode_text([item["caption"] for item in items]),
+                    torch.stack([item["original_size"] for item in items]),
+                    torch.stack([item["crop_top_left"] for item in items]),
+                )
+            if done % 50 == 0:
+                logger.info("encoding cache %s: %d of %d items (process %d)", store.path.name,
+                            min(done * batch_size, len(missing)), len(missing), rank)
+    store.flush()
 
 
-def finalize(path: Path, final: Path) -> None:
-    """Write the manifest and move the finished entry into place."""
-    os.replace(path / "manifest.pending.json", path / "manifest.json")
-    if final.exists():  # another run finished the same entry meanwhile: identical content, keep theirs
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    os.replace(path, final)
-
-
-def new_build_dir(final: Path) -> Path:
-    """A fresh temporary folder beside ``final`` to build it in."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
-
-
-def open_entry(final: Path, dataset: CacheableDataset, model_fingerprint: str) -> EncodingStore:
-    """Open a finished entry, checking that it was made from this data set and model (not just a prefix match)."""
-    store = EncodingStore(final)
-    if store.manifest["model_fingerprint"] != model_fingerprint or store.manifest["data_identity"] != dataset.cache_identity():
-        raise ValueError(f"{final}: the entry's fingerprints differ from the data set's and model's; delete the folder")
-    return store
+def open_or_create(cache_dir: str | os.PathLike, dataset: CacheableDataset, encoder: Encoder) -> EncodingStore:
+    """The entry for ``dataset`` and ``encoder`` in ``cache_dir``, created empty if missing (in one process;
+    ``lit_pref.callbacks.EncodingCache`` does it for a distributed run)."""
+    model_fingerprint = encoder.encoder_fingerprint()
+    final = entry_path(cache_dir, dataset, model_fingerprint)
+    if not (final / "manifest.json").is_file():
+        create(final, dataset, encoder, model_fingerprint)
+    return open_entry(final, dataset, model_fingerprint)
 
 
 def open_or_build(cache_dir: str | os.PathLike, dataset: CacheableDataset, encoder: Encoder,
                   batch_size: int = 16, num_workers: int = 0) -> EncodingStore:
-    """The entry for ``dataset`` and ``encoder`` in ``cache_dir``, built first if missing (in one process;
-    ``lit_pref.callbacks.EncodingCache`` shares the work between the processes of a distributed run)."""
-    model_fingerprint = encoder.encoder_fingerprint()
-    final = entry_path(cache_dir, dataset, model_fingerprint)
-    if not (final / "manifest.json").is_file():
-        tmp = new_build_dir(final)
-        try:
-            allocate(tmp, dataset, encoder, model_fingerprint)
-            fill(tmp, dataset, encoder, batch_size=batch_size, num_workers=num_workers)
-            finalize(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return open_entry(final, dataset, model_fingerprint)
+    """The entry for ``dataset`` and ``encoder`` in ``cache_dir`` with every item encoded: the missing ones are
+    encoded now, in one pass (the callback instead fills an entry during the first epoch)."""
+    store = open_or_create(cache_dir, dataset, encoder)
+    fill(store, dataset, encoder, batch_size=batch_size, num_workers=num_workers)
+    return store

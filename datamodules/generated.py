@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_pref.io import atomic_file
 
-from .preference_pairs import PreferencePairDataModule
+from .pair_datamodule import PreferencePairDataModule
 
 
 class GeneratedPairsDataModule(PreferencePairDataModule):

@@ -1,9 +1,11 @@
 """Any image PIL opens, as 8-bit RGB without silent clipping: high-bit-depth pixels scaled by their real range,
-transparency composited on white, and pixels that have no RGB value refused."""
+transparency composited on white, and pixels that have no RGB value refused; and the resize, crop and tensor
+conversion of the preference-pair data sets."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
@@ -47,3 +49,27 @@ def _grey_to_uint8(image: Image.Image) -> np.ndarray:
         raise ValueError(f"{image.mode} image's pixels span [{pixels.min()}, {pixels.max()}], outside the mode's "
                          f"range [{low:g}, {high:g}]")
     return np.round(pixels.astype(np.float64) * (255.0 / high)).astype(np.uint8)
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB image -> FloatTensor[3, H, W] in [-1, 1]."""
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def resize_shorter(image: Image.Image, resolution: int) -> Image.Image:
+    """Resizes so that the shorter side equals ``resolution`` (bilinear, antialiased)."""
+    w, h = image.size
+    if min(w, h) == resolution:
+        return image
+    scale = resolution / min(w, h)
+    new_w = max(resolution, int(round(w * scale)))
+    new_h = max(resolution, int(round(h * scale)))
+    # Pillow's convolution-based resize antialiases when it downsamples.
+    return image.resize((new_w, new_h), Image.BILINEAR)
+
+
+def crop_offset(extent: int, resolution: int, u: float) -> int:
+    """Offset of a ``resolution`` window in ``extent`` pixels at relative position u in [0, 1]."""
+    room = extent - resolution
+    return min(int(u * (room + 1)), room)

@@ -28,281 +28,39 @@ warning is logged), and rows whose images do not decode come back as ``None``
 from ``__getitem__``; :func:`collate_pairs` drops them and reports how many in
 the batch's ``num_skipped``.
 
-Batch contract (output of :func:`collate_pairs`)::
-
-    images_0        FloatTensor[B, 3, R, R] in [-1, 1]
-    images_1        FloatTensor[B, 3, R, R] in [-1, 1]
-    label_0         FloatTensor[B]   (0., 0.5, 1.; ties are passed through)
-    captions        list[str] of length B
-    original_sizes  LongTensor[B, 2] (height, width of image 0 before resize/crop)
-    crop_top_left   LongTensor[B, 2] (top, left of the crop in resized-image pixels)
-    indices         LongTensor[B]    (the items' indices in the dataset)
-    num_skipped     int              (items dropped because an image did not decode)
-
-With an encoding cache attached (``lit_pref.callbacks.EncodingCache``, see ``datamodules/encoding_cache.py``) the
-images are replaced by what the frozen encoders made of them::
-
-    latent_dists_0  Tensor[B, 2C, h, w] VAE posterior (mean, log-variance) of image 0, the VAE's dtype
-    latent_dists_1  Tensor[B, 2C, h, w] the same for image 1
-    text            {"hidden": Tensor[B, 77, D]} (SDXL adds "pooled": Tensor[B, P]), the model's dtype
+Batches: :mod:`lit_pref.datamodules.pair_batches`; the data module: :mod:`lit_pref.datamodules.pair_datamodule`.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
 import logging
-import math
 import os
-import bisect
 from collections import OrderedDict
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import lightning.pytorch as pl
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lit_pref.formats.jsonl import read_json_line
-
-from .encoding_cache import EncodingStore
-from .image_modes import to_rgb
-from .resumable import EpochSampler, ResumableLoader
+from .encoding_cache import BAD, ENCODED, EncodingStore
+from .image_modes import crop_offset, resize_shorter, image_to_tensor, to_rgb
+from .pair_batches import collate_pairs
+from .pair_rows import BadRowError, Rows, describe_row, list_sources, scan_jsonl, scan_parquet
 
 CACHED_ROW_GROUPS = 4  # parquet row groups of images kept in memory per process
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "BadRowError",
-    "PreferencePairDataset",
-    "PreferencePairDataModule",
-    "collate_pairs",
-]
-
-VALID_LABELS = (0.0, 0.5, 1.0)
-PARQUET_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
-JSONL_KEYS = ("caption", "image_0", "image_1", "label_0")
-OnBadRow = Literal["raise", "skip"]
-
 # How many reasons a "skip" warning quotes.
 _MAX_REASONS_IN_WARNING = 5
-
-
-class BadRowError(ValueError):
-    """A row (or a whole file) of a preference data set is invalid.
-
-    The message names the file, the row (``row N``: 0-based row index within a
-    parquet file; ``line N``: 1-based line number in a JSONL file) and the
-    problem.
-    """
-
-
-# --------------------------------------------------------------------------- #
-# Row metadata
-# --------------------------------------------------------------------------- #
-
-
-@dataclass(frozen=True)
-class _Source:
-    """One input file: a parquet shard or a JSONL file."""
-
-    path: Path
-    kind: Literal["parquet", "jsonl"]
-
-
-def _label_problem(value: Any) -> str | None:
-    """Returns why ``value`` is not a valid ``label_0``, or None if it is."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"label_0 = {value!r} is not one of 0, 0.5, 1"
-    if math.isnan(value) or float(value) not in VALID_LABELS:
-        return f"label_0 = {value!r} is not one of 0, 0.5, 1"
-    return None
-
-
-def _where(source: _Source, locator: int) -> str:
-    """``"picks.parquet row 3"`` or ``"pairs.jsonl line 5"``."""
-    unit = "row" if source.kind == "parquet" else "line"
-    return f"{source.path.name} {unit} {locator}"
-
-
-def _list_sources(path: str | os.PathLike) -> list[_Source]:
-    """Expands a data path into its input files."""
-    p = Path(path)
-    if p.is_dir():
-        shards = sorted(q for q in p.iterdir() if q.suffix == ".parquet" and q.is_file())
-        if not shards:
-            raise BadRowError(f"{p}: directory contains no *.parquet files")
-        return [_Source(q, "parquet") for q in shards]
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or directory")
-    if p.suffix == ".parquet":
-        return [_Source(p, "parquet")]
-    if p.suffix == ".jsonl":
-        return [_Source(p, "jsonl")]
-    raise BadRowError(
-        f"{p}: unsupported data file (expected a .parquet file, a directory of "
-        "*.parquet shards, or a .jsonl file)"
-    )
-
-
-class _Rows:
-    """Column-wise metadata of the valid rows of all sources (cheap to index)."""
-
-    def __init__(self) -> None:
-        self.source_idx: list[int] = []
-        self.locator: list[int] = []  # parquet: 0-based row; JSONL: 1-based line
-        self.captions: list[str] = []
-        self.labels: list[float] = []
-        self.image_paths: list[tuple[str, str] | None] = []  # JSONL only
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def add(self, source_idx: int, locator: int, caption: str, label: float,
-            image_paths: tuple[str, str] | None = None) -> None:
-        self.source_idx.append(source_idx)
-        self.locator.append(locator)
-        self.captions.append(caption)
-        self.labels.append(float(label))
-        self.image_paths.append(image_paths)
-
-
-def _scan_parquet(source: _Source, source_idx: int, rows: _Rows, problems: list[str]) -> None:
-    """Reads and validates ``caption``/``label_0`` of one parquet file."""
-    try:
-        pf = pq.ParquetFile(source.path)
-    except Exception as e:  # noqa: BLE001 - any reader error is a file-level error
-        raise BadRowError(f"{source.path.name}: cannot be read as parquet ({e})") from e
-    names = pf.schema_arrow.names
-    for column in PARQUET_COLUMNS:
-        if column not in names:
-            raise BadRowError(
-                f"{source.path.name}: missing column '{column}' (file {source.path}; "
-                f"has columns {names})"
-            )
-    table = pf.read(columns=["caption", "label_0"])
-    captions = table.column("caption")
-    labels = table.column("label_0")
-
-    caption_is_text = _is_text(captions.type)
-    label_is_number = pa.types.is_integer(labels.type) or pa.types.is_floating(labels.type)
-    caption_list = captions.to_pylist()
-    if label_is_number:
-        label_arr = labels.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
-        label_ok = np.isin(label_arr, VALID_LABELS)
-    else:
-        label_arr = None
-        label_ok = np.zeros(len(table), dtype=bool)
-    caption_ok = np.array([isinstance(c, str) for c in caption_list], dtype=bool) if caption_is_text \
-        else np.zeros(len(table), dtype=bool)
-
-    for i in range(len(table)):
-        if caption_ok[i] and label_ok[i]:
-            rows.add(source_idx, i, caption_list[i], float(label_arr[i]))
-            continue
-        where = _where(source, i)
-        if not caption_ok[i]:
-            problems.append(f"{where}: caption is not a string (got {caption_list[i]!r})")
-        else:
-            problems.append(f"{where}: {_label_problem(labels[i].as_py())}")
-
-
-def _is_text(arrow_type: pa.DataType) -> bool:
-    """Whether a column of this type holds strings: any Arrow string type, or a dictionary of them."""
-    if pa.types.is_dictionary(arrow_type):
-        return _is_text(arrow_type.value_type)
-    return (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
-            or pa.types.is_string_view(arrow_type))
-
-
-def _outside(value: str) -> bool:
-    """Whether a JSONL image path is absolute or leads out of the JSONL's folder (judged on the text)."""
-    path = Path(value)
-    return path.is_absolute() or (Path(os.path.normpath(path)).parts[:1] == ("..",))
-
-
-def _scan_jsonl(source: _Source, source_idx: int, rows: _Rows, problems: list[str],
-                allow_outside_paths: bool = False) -> None:
-    """Reads and validates every line of one JSONL file (blank lines are ignored)."""
-    base = source.path.parent
-    with open(source.path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            where = _where(source, line_no)
-            record, why = read_json_line(raw)
-            if why is not None:
-                problems.append(f"{where}: {why}")
-                continue
-            if not isinstance(record, dict):
-                problems.append(f"{where}: expected a JSON object, got {type(record).__name__}")
-                continue
-            missing = [k for k in JSONL_KEYS if k not in record]
-            if missing:
-                problems.append(f"{where}: missing key " + ", ".join(repr(k) for k in missing))
-                continue
-            caption = record["caption"]
-            if not isinstance(caption, str):
-                problems.append(f"{where}: caption is not a string (got {caption!r})")
-                continue
-            label_problem = _label_problem(record["label_0"])
-            if label_problem:
-                problems.append(f"{where}: {label_problem}")
-                continue
-            paths = []
-            for key in ("image_0", "image_1"):
-                value = record[key]
-                if not isinstance(value, str) or not value:
-                    problems.append(f"{where}: {key} is not a path string (got {value!r})")
-                    break
-                if not allow_outside_paths and _outside(value):
-                    problems.append(f"{where}: {key} = {value!r} is outside the JSONL's folder {base} (absolute or "
-                                    "climbing out with ..; allow_outside_paths=True accepts it)")
-                    break
-                full = base / value  # an absolute `value` replaces `base`
-                if not full.is_file():
-                    problems.append(f"{where}: {key} file does not exist: {full}")
-                    break
-                paths.append(str(full))
-            else:
-                rows.add(source_idx, line_no, caption, float(record["label_0"]), (paths[0], paths[1]))
-
-
-# --------------------------------------------------------------------------- #
-# Image processing
-# --------------------------------------------------------------------------- #
-
-
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB image -> FloatTensor[3, H, W] in [-1, 1]."""
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-
-
-def _resize_shorter(image: Image.Image, resolution: int) -> Image.Image:
-    """Resizes so that the shorter side equals ``resolution`` (bilinear, antialiased)."""
-    w, h = image.size
-    if min(w, h) == resolution:
-        return image
-    scale = resolution / min(w, h)
-    new_w = max(resolution, int(round(w * scale)))
-    new_h = max(resolution, int(round(h * scale)))
-    # Pillow's convolution-based resize antialiases when it downsamples.
-    return image.resize((new_w, new_h), Image.BILINEAR)
-
-
-def _crop_offset(extent: int, resolution: int, u: float) -> int:
-    """Offset of a ``resolution`` window in ``extent`` pixels at relative position u in [0, 1]."""
-    room = extent - resolution
-    return min(int(u * (room + 1)), room)
 
 
 # --------------------------------------------------------------------------- #
@@ -364,16 +122,16 @@ class PreferencePairDataset(Dataset):
         self.random_flip = random_flip
         self.on_bad_row = on_bad_row
         self.seed = int(seed)
-        self.sources = _list_sources(self.path)
+        self.sources = list_sources(self.path)
 
-        rows = _Rows()
+        rows = Rows()
         problems: list[str] = []
         for idx, source in enumerate(self.sources):
             n_before = len(problems)
             if source.kind == "parquet":
-                _scan_parquet(source, idx, rows, problems)
+                scan_parquet(source, idx, rows, problems)
             else:
-                _scan_jsonl(source, idx, rows, problems, allow_outside_paths)
+                scan_jsonl(source, idx, rows, problems, allow_outside_paths)
             if on_bad_row == "raise" and len(problems) > n_before:
                 raise BadRowError(problems[n_before])
         if problems:
@@ -548,7 +306,7 @@ class PreferencePairDataset(Dataset):
             except Exception as e:  # noqa: BLE001 - any decoder failure is a bad row
                 source = self.sources[self._rows.source_idx[row]]
                 column = f"jpg_{which}" if source.kind == "parquet" else f"image_{which}"
-                message = (f"{_where(source, self._rows.locator[row])}: {column} cannot be "
+                message = (f"{describe_row(source, self._rows.locator[row])}: {column} cannot be "
                            f"decoded as an image ({type(e).__name__}: {e})")
                 if self.on_bad_row == "raise":
                     raise BadRowError(message) from e
@@ -562,14 +320,16 @@ class PreferencePairDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         row = self._row(index)
         position = index if index >= 0 else index + len(self)
-        if self.encodings is not None:
-            item = self.encodings.item(position)
-            if item is None:  # its images did not decode when the cache was built (on_bad_row="skip")
-                return None
-            return {**item, "label_0": torch.tensor(self._rows.labels[row], dtype=torch.float32),
+        state = None if self.encodings is None else self.encodings.state(position)
+        if state == ENCODED:
+            return {**self.encodings.item(position), "label_0": torch.tensor(self._rows.labels[row], dtype=torch.float32),
                     "caption": self._rows.captions[row], "index": position}
+        if state == BAD:  # its images did not decode before (on_bad_row="skip")
+            return None
         pair = self._decode_pair(row)
         if pair is None:
+            if self.encodings is not None:
+                self.encodings.mark_bad(position)
             return None
         rng = self._rng(row)
         u_top, u_left, flip_draw = rng.random(3)
@@ -579,15 +339,15 @@ class PreferencePairDataset(Dataset):
         R = self.resolution
         outputs, crop_top_left = [], None
         for image in pair:
-            resized = _resize_shorter(image, R)
+            resized = resize_shorter(image, R)
             if flip:
                 resized = resized.transpose(Image.FLIP_LEFT_RIGHT)
             w, h = resized.size
             if self.center_crop:
                 top, left = int(round((h - R) / 2)), int(round((w - R) / 2))
             else:
-                top, left = _crop_offset(h, R, u_top), _crop_offset(w, R, u_left)
-            outputs.append(_to_tensor(resized.crop((left, top, left + R, top + R))))
+                top, left = crop_offset(h, R, u_top), crop_offset(w, R, u_left)
+            outputs.append(image_to_tensor(resized.crop((left, top, left + R, top + R))))
             if crop_top_left is None:  # SDXL conditioning refers to image 0
                 crop_top_left = (top, left)
         return {
@@ -604,230 +364,3 @@ class PreferencePairDataset(Dataset):
         """:func:`collate_pairs` with this dataset's resolution (for empty batches)."""
         return collate_pairs(items, resolution=self.resolution)
 
-
-def collate_pairs(items: Sequence[dict[str, Any] | None], resolution: int | None = None) -> dict[str, Any]:
-    """Stacks dataset items into the batch dict documented in the module docstring.
-
-    ``None`` items (images that did not decode, ``on_bad_row="skip"``) are
-    dropped and counted in ``num_skipped``.
-
-    Args:
-        items: Items from :class:`PreferencePairDataset` (dicts or None).
-        resolution: Image side, used only to shape the tensors of a batch in
-            which every item was dropped (``[0, 3, R, R]``). If None, it is
-            taken from the items, and an all-dropped batch has ``R = 0``.
-    """
-    kept = [item for item in items if item is not None]
-    num_skipped = len(items) - len(kept)
-    if not kept:
-        R = resolution or 0
-        return {
-            "images_0": torch.zeros(0, 3, R, R),
-            "images_1": torch.zeros(0, 3, R, R),
-            "label_0": torch.zeros(0),
-            "captions": [],
-            "original_sizes": torch.zeros(0, 2, dtype=torch.long),
-            "crop_top_left": torch.zeros(0, 2, dtype=torch.long),
-            "indices": torch.zeros(0, dtype=torch.long),
-            "num_skipped": num_skipped,
-        }
-    if "latent_dist_0" in kept[0]:  # from the encoding cache
-        first = {
-            "latent_dists_0": torch.stack([item["latent_dist_0"] for item in kept]),
-            "latent_dists_1": torch.stack([item["latent_dist_1"] for item in kept]),
-            "text": {k: torch.stack([item["text"][k] for item in kept]) for k in kept[0]["text"]},
-        }
-    else:
-        first = {
-            "images_0": torch.stack([item["image_0"] for item in kept]),
-            "images_1": torch.stack([item["image_1"] for item in kept]),
-        }
-    return {
-        **first,
-        "label_0": torch.stack([item["label_0"] for item in kept]).float(),
-        "captions": [item["caption"] for item in kept],
-        "original_sizes": torch.stack([item["original_size"] for item in kept]).long(),
-        "crop_top_left": torch.stack([item["crop_top_left"] for item in kept]).long(),
-        "indices": torch.tensor([item["index"] for item in kept], dtype=torch.long),
-        "num_skipped": num_skipped,
-    }
-
-
-# --------------------------------------------------------------------------- #
-# DataModule
-# --------------------------------------------------------------------------- #
-
-
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic disjoint (train, val) index split of ``range(n)``.
-
-    The validation part has ``round(n * val_fraction)`` rows, at least 1 when
-    ``val_fraction > 0``; the training part keeps at least one row.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0:
-        n_val = max(1, n_val)
-    if n_val >= n:
-        raise ValueError(f"val_fraction={val_fraction} leaves no training rows out of {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-class PreferencePairDataModule(pl.LightningDataModule):
-    """Preference pairs (Pick-a-Pic parquet or image folder + JSONL) for DPO-style training.
-
-    Batches are dicts with ``images_0``, ``images_1`` (``[B, 3, R, R]`` in
-    [-1, 1]), ``label_0`` (``[B]``: 1 = image 0 preferred, 0 = image 1, 0.5 =
-    tie; ties are passed through, the LightningModule decides what to do with
-    them), ``captions``, ``original_sizes`` and ``crop_top_left`` (``[B, 2]``,
-    for SDXL's micro-conditioning) and ``num_skipped``. Validation data are
-    always centre-cropped and never flipped.
-
-    Args:
-        train_path: Training data: a ``.parquet`` file, a directory of
-            ``*.parquet`` shards (columns ``caption``, ``jpg_0``, ``jpg_1``,
-            ``label_0``) or a ``.jsonl`` file of ``{"caption", "image_0",
-            "image_1", "label_0"}`` objects with image paths relative to the
-            JSONL file.
-        val_path: Validation data in the same formats; None for no separate
-            validation file.
-        test_path: Test data in the same formats (``python -m lit_pref test``);
-            None for none. Centre-cropped and never flipped, like validation.
-        val_fraction: Fraction of the training rows held out for validation
-            (a deterministic split by ``seed``) when ``val_path`` is None; 0
-            for no validation set. Must be 0 when ``val_path`` is given.
-        resolution: Side of the square training images in pixels (the shorter
-            side is resized to it, then a square is cropped).
-        center_crop: Centre crop for training; if False, random crop (the same
-            relative position for both images of a pair).
-        random_flip: Flip training pairs horizontally with probability 0.5 (both
-            images of a pair together).
-        batch_size: Training batch size (pairs per batch).
-        val_batch_size: Validation batch size; None uses ``batch_size``.
-        num_workers: DataLoader worker processes; with more than 0 the workers
-            are persistent.
-        on_bad_row: ``"raise"`` stops with a :class:`BadRowError` naming the file
-            and row; ``"skip"`` drops bad rows (logged at setup, or counted in
-            each batch's ``num_skipped`` when an image does not decode).
-        seed: Seed of the validation split, of the per-item random
-            crop/flip decisions and of the training order (epoch ``e``
-            shuffles with ``seed + e``).
-        allow_outside_paths: JSONL only: accept image paths that are absolute
-            or lead out of the JSONL's folder (by default such rows are bad).
-    """
-
-    def __init__(
-        self,
-        train_path: str,
-        val_path: str | None = None,
-        test_path: str | None = None,
-        val_fraction: float = 0.0,
-        resolution: int = 512,
-        center_crop: bool = True,
-        random_flip: bool = False,
-        batch_size: int = 1,
-        val_batch_size: int | None = None,
-        num_workers: int = 0,
-        on_bad_row: Literal["raise", "skip"] = "raise",
-        seed: int = 0,
-        allow_outside_paths: bool = False,
-    ) -> None:
-        super().__init__()
-        if val_path is not None and val_fraction > 0:
-            raise ValueError("give either val_path or val_fraction > 0, not both")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if on_bad_row not in ("raise", "skip"):
-            raise ValueError(f"on_bad_row must be 'raise' or 'skip', got {on_bad_row!r}")
-        if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
-            raise ValueError("batch sizes must be at least 1")
-        self.train_path = train_path
-        self.val_path = val_path
-        self.test_path = test_path
-        self.val_fraction = val_fraction
-        self.resolution = resolution
-        self.center_crop = center_crop
-        self.random_flip = random_flip
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size
-        self.num_workers = num_workers
-        self.on_bad_row = on_bad_row
-        self.seed = seed
-        self.allow_outside_paths = allow_outside_paths
-        self.train_dataset: PreferencePairDataset | None = None
-        self.val_dataset: PreferencePairDataset | None = None
-        self.test_dataset: PreferencePairDataset | None = None
-
-    def _dataset(self, path: str) -> PreferencePairDataset:
-        return PreferencePairDataset(
-            path,
-            resolution=self.resolution,
-            center_crop=self.center_crop,
-            random_flip=self.random_flip,
-            on_bad_row=self.on_bad_row,
-            seed=self.seed,
-            allow_outside_paths=self.allow_outside_paths,
-        )
-
-    def setup(self, stage: str | None = None) -> None:
-        """Reads and validates the metadata (images are decoded lazily)."""
-        if self.train_dataset is not None:
-            return
-        full = self._dataset(self.train_path)
-        if self.val_path is not None:
-            self.train_dataset = full
-            self.val_dataset = self._dataset(self.val_path).view(center_crop=True, random_flip=False)
-        elif self.val_fraction > 0:
-            train_idx, val_idx = split_indices(len(full), self.val_fraction, self.seed)
-            self.train_dataset = full.view(train_idx)
-            self.val_dataset = full.view(val_idx, center_crop=True, random_flip=False)
-        else:
-            self.train_dataset = full
-        if self.test_path is not None:
-            self.test_dataset = self._dataset(self.test_path).view(center_crop=True, random_flip=False)
-
-    def _loader(self, dataset: PreferencePairDataset, batch_size: int) -> DataLoader:
-        """An evaluation loader: in order."""
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=False,
-            drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=partial(collate_pairs, resolution=self.resolution),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled by epoch with ``seed`` and dealt to the processes; a resumed run continues mid-epoch with
-        the batches the uninterrupted run would have seen, skipping the consumed ones unread."""
-        if self.train_dataset is None:
-            self.setup("fit")
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        return ResumableLoader(
-            self.train_dataset,
-            sampler=EpochSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed),
-            trainer=trainer,
-            batch_size=self.batch_size,
-            drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=partial(collate_pairs, resolution=self.resolution),
-        )
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.train_dataset is None:
-            self.setup("validate")
-        if self.val_dataset is None:
-            return []
-        return self._loader(self.val_dataset, self.val_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        if self.train_dataset is None:
-            self.setup("test")
-        if self.test_dataset is None:
-            raise ValueError("no test data: set test_path (data.init_args.test_path) to run `lit_pref test`")
-        return self._loader(self.test_dataset, self.val_batch_size)

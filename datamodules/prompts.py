@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .preference_pairs import BadRowError
+from .pair_rows import BadRowError
 
 __all__ = ["PromptDataModule", "PromptDataset", "collate_prompts", "read_prompts"]
 

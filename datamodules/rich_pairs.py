@@ -9,7 +9,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from lit_pref.formats.rich_pairs import complete_rounds
 
-from .preference_pairs import PreferencePairDataModule
+from .pair_datamodule import PreferencePairDataModule
 
 
 class _Rounds(ConcatDataset):

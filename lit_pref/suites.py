@@ -10,7 +10,7 @@
   shards, e.g. the ``test_unique`` split's), column ``caption``; repeated captions are kept once, in order.
 - ``file``: any prompt file :func:`lit_pref.datamodules.prompts.read_prompts` reads (txt, JSONL, parquet); no category.
 
-Every reader raises :class:`lit_pref.datamodules.preference_pairs.BadRowError` naming the file and the row (1-based line
+Every reader raises :class:`lit_pref.datamodules.pair_rows.BadRowError` naming the file and the row (1-based line
 for text files, 0-based index for JSON lists and parquet rows) of a bad entry.
 """
 
@@ -26,7 +26,7 @@ from typing import Literal, Sequence
 
 import pyarrow.parquet as pq
 
-from lit_pref.datamodules.preference_pairs import BadRowError
+from lit_pref.datamodules.pair_rows import BadRowError
 from lit_pref.datamodules.prompts import read_prompts
 
 SuiteKind = Literal["hpsv2", "partiprompts", "drawbench", "pickapic", "file"]

@@ -32,7 +32,7 @@ def print_config(*args: str) -> dict:
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_every_shipped_config_parses(config):
     parsed = print_config("--config", str(REPO / config))
-    assert parsed["model"]["class_path"].startswith("lit_pref.modules.")
+    assert parsed["model"]["class_path"].startswith(("lit_pref.modules.", "lit_pref.toy.pretrain."))
     logger = parsed["trainer"]["logger"]  # the default logger, named by the config: runs/<name>/version_N
     assert logger["class_path"] == "lightning.pytorch.loggers.TensorBoardLogger"
     assert logger["init_args"]["save_dir"] == "runs" and logger["init_args"]["name"] not in ("", "lightning_logs")

@@ -4,6 +4,7 @@ the non-finite guard, the benchmark presets and the benchmark script."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from lit_pref.callbacks import EncodingCache
 from lit_pref.datamodules import PreferencePairDataModule, PreferencePairDataset
-from lit_pref.datamodules.encoding_cache import open_or_build
+from lit_pref.datamodules.encoding_cache import fill, open_or_build, open_or_create
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses import DiffusionDPOLoss, PairLoss
 from lit_pref.modules import TrajectoryDPO
@@ -26,6 +27,7 @@ from lit_pref.modules.base import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 TIGHT = dict(rtol=1e-5, atol=1e-6)  # batch composition may change the last bits of a convolution
+BATCHED = dict(rtol=1e-4, atol=1e-5)  # encoded in other batches (of 1 to 16 images): a few more bits
 
 
 def write_pairs(folder: Path, n: int = 5, size: tuple[int, int] = (40, 48)) -> Path:
@@ -89,6 +91,9 @@ def test_cache_entries_follow_the_model_and_the_data(tmp_path):
     data = write_pairs(tmp_path / "data", n=2)
     cache = tmp_path / "cache"
     backbone = DiffusionBackbone.tiny()
+    key = backbone.encoder_fingerprint()
+    backbone.encode_text(["a"])  # sets the fast tokenizer's padding and truncation, which change no output
+    assert backbone.encoder_fingerprint() == key
     first = open_or_build(cache, PreferencePairDataset(data, resolution=32), backbone)
     # other adapters and another seed with a centre crop and no flip change nothing that is cached: reused
     assert open_or_build(cache, PreferencePairDataset(data, resolution=32, seed=7),
@@ -138,33 +143,96 @@ def quiet_trainer(**kwargs) -> Trainer:
                    enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
 
 
-def test_fit_with_the_cache_trains_as_without_it(tmp_path):
-    data = write_pairs(tmp_path / "data", n=4)
+def fit_pairs(data: Path, callbacks: list, batch_size: int = 2, max_steps: int = 4) -> tuple[Record, float, dict, int]:
+    """TrajectoryDPO on ``data`` (3 training pairs, 1 validation pair): per-step records, the last validation loss,
+    the LoRA weights, and how many images the VAE encoded."""
+    seed_everything(0)
+    # beta 100, not 5000: beta multiplies the rounding differences of the VAE on other batch compositions;
+    # SGD, not Adam: Adam turns a near-zero gradient's rounding into a full-size step
+    model = TrajectoryDPO(DiffusionBackbone.tiny(), loss=DiffusionDPOLoss(beta=100.0),
+                          optimizer=lambda params: torch.optim.SGD(params, lr=30.0))
+    encoded = []
+    model.backbone.vae.encoder.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
+    datamodule = PreferencePairDataModule(str(data), resolution=32, center_crop=False, random_flip=True,
+                                          batch_size=batch_size, val_fraction=0.25)
+    record = Record()
+    trainer = quiet_trainer(max_steps=max_steps, callbacks=[record, *callbacks])
+    trainer.fit(model, datamodule)
+    return record, float(trainer.callback_metrics.get("val/loss", float("nan"))), lora(model), sum(encoded)
 
-    def fit(callbacks: list) -> tuple[Record, float, dict]:
-        seed_everything(0)
-        # beta 100, not 5000: beta multiplies the rounding differences of the VAE on other batch compositions;
-        # SGD, not Adam: Adam turns a near-zero gradient's rounding into a full-size step
-        model = TrajectoryDPO(DiffusionBackbone.tiny(), loss=DiffusionDPOLoss(beta=100.0),
-                              optimizer=lambda params: torch.optim.SGD(params, lr=30.0))
-        datamodule = PreferencePairDataModule(str(data), resolution=32, center_crop=False, random_flip=True,
-                                              batch_size=2, val_fraction=0.25)
-        record = Record()
-        trainer = quiet_trainer(max_steps=2, callbacks=[record, *callbacks])
-        trainer.fit(model, datamodule)
-        return record, float(trainer.callback_metrics["val/loss"]), lora(model)
 
-    initial_lora = lora(TrajectoryDPO(DiffusionBackbone.tiny()))
-    plain, plain_val, plain_lora = fit([])
-    cached, cached_val, cached_lora = fit([EncodingCache(str(tmp_path / "cache"), batch_size=2)])
-    assert plain.had_images == [True, True] and cached.had_images == [False, False]
-    assert len(entries(tmp_path / "cache")) == 2  # the training view (random crop, flip) and the validation view
-    assert plain.losses[1] != pytest.approx(plain.losses[0])  # the second step sees the first update
-    assert cached.losses == pytest.approx(plain.losses, rel=1e-4)
-    assert cached_val == pytest.approx(plain_val, rel=1e-4)
-    for name, value in plain_lora.items():  # equal up to a thousandth of the largest update
+def assert_same_training(cached: tuple, plain: tuple, initial_lora: dict) -> None:
+    assert cached[0].losses == pytest.approx(plain[0].losses, rel=1e-4)
+    assert cached[1] == pytest.approx(plain[1], rel=1e-4)
+    for name, value in plain[2].items():  # equal up to a thousandth of the largest update
         update = float((value - initial_lora[name]).abs().max())
-        torch.testing.assert_close(cached_lora[name], value, rtol=0, atol=1e-3 * update + 1e-7)
+        torch.testing.assert_close(cached[2][name], value, rtol=0, atol=1e-3 * update + 1e-7)
+
+
+def assert_complete(cache: Path, data: Path) -> None:
+    """Every entry is fully encoded, with what a one-pass fill of the same data writes."""
+    module = PreferencePairDataModule(str(data), resolution=32, center_crop=False, random_flip=True, val_fraction=0.25)
+    module.setup()
+    backbone = DiffusionBackbone.tiny()
+    for dataset in (module.train_dataset, module.val_dataset):
+        store = open_or_create(cache, dataset, backbone)
+        assert len(store.missing()) == 0
+        fresh = open_or_build(cache.parent / "one_pass", dataset, backbone)
+        for i in range(len(dataset)):
+            for key in ("latent_dist_0", "latent_dist_1", "original_size", "crop_top_left"):
+                torch.testing.assert_close(store.item(i)[key], fresh.item(i)[key], **BATCHED)
+            torch.testing.assert_close(store.item(i)["text"], fresh.item(i)["text"], **BATCHED)
+
+
+def test_the_cache_fills_during_the_first_epoch_and_trains_as_without_it(tmp_path):
+    data = write_pairs(tmp_path / "data", n=4)
+    initial_lora = lora(TrajectoryDPO(DiffusionBackbone.tiny()))
+    plain = fit_pairs(data, [])
+    cached = fit_pairs(data, [EncodingCache(str(tmp_path / "cache"))])
+    assert plain[0].had_images == [True] * 4 and cached[0].had_images == [False] * 4  # the step gets encodings
+    assert plain[0].losses[1] != pytest.approx(plain[0].losses[0])  # the second step sees the first update
+    assert_same_training(cached, plain, initial_lora)
+    # 2 entries probed with one image each; epoch 1 encodes its 3 training and 1 validation pairs; epoch 2 none
+    assert cached[3] == 2 + 2 * (3 + 1)
+    assert plain[3] == 2 * (3 + 3 + 1 + 1)  # without the cache every step and validation encodes its pairs
+    assert len(entries(tmp_path / "cache")) == 2  # the training view (random crop, flip) and the validation view
+    assert_complete(tmp_path / "cache", data)
+
+
+def test_an_interrupted_fill_resumes_with_batches_of_cached_and_new_pairs(tmp_path):
+    data = write_pairs(tmp_path / "data", n=4)
+    initial_lora = lora(TrajectoryDPO(DiffusionBackbone.tiny()))
+    cache = tmp_path / "cache"
+    fit_pairs(data, [EncodingCache(str(cache))], batch_size=1, max_steps=1)  # stops after caching one pair
+    module = PreferencePairDataModule(str(data), resolution=32, center_crop=False, random_flip=True, val_fraction=0.25)
+    module.setup()
+    assert len(open_or_create(cache, module.train_dataset, DiffusionBackbone.tiny()).missing()) == 2
+    mixed = []
+    spy = Callback()
+    spy.on_train_batch_start = lambda trainer, module, batch, i: mixed.append("cached" in batch)
+    resumed = fit_pairs(data, [spy, EncodingCache(str(cache))])  # spy first: it sees the batch as collated
+    assert mixed == [True, False, False, False]  # the first batch: the pair cached before and a new one
+    assert_same_training(resumed, fit_pairs(data, []), initial_lora)
+    assert resumed[3] == 2 * (2 + 1)  # the 2 training pairs not cached before and the validation pair
+    assert_complete(cache, data)
+
+
+def test_processes_fill_disjoint_shares_of_one_entry(tmp_path):
+    data = write_pairs(tmp_path / "data", n=5)
+    dataset = PreferencePairDataset(data, resolution=32)
+    backbone = DiffusionBackbone.tiny()
+    store = open_or_create(tmp_path / "cache", dataset, backbone)
+    fork = multiprocessing.get_context("fork")
+    workers = [fork.Process(target=fill, args=(store, dataset, backbone, rank, 2)) for rank in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0] and len(store.missing()) == 0
+    fresh = open_or_build(tmp_path / "one_pass", dataset, backbone)
+    for i in range(len(dataset)):
+        torch.testing.assert_close(store.item(i)["latent_dist_1"], fresh.item(i)["latent_dist_1"], **BATCHED)
+        torch.testing.assert_close(store.item(i)["text"], fresh.item(i)["text"], **BATCHED)
 
 
 @pytest.mark.parametrize("sdxl", [False, True], ids=["sd", "sdxl"])

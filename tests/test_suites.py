@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lit_pref.datamodules.preference_pairs import BadRowError
+from lit_pref.datamodules.pair_rows import BadRowError
 from lit_pref.suites import PromptSuite, SuitePrompt, hpsv2_style_report
 
 

@@ -150,7 +150,9 @@ class DiffusionBackbone(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        """The UNet's device (of its first parameter: diffusers' ``unet.device`` walks every submodule looking for
+        group-offloading hooks, milliseconds a call, several calls a step)."""
+        return next(self.unet.parameters()).device
 
     @property
     def vae_scale_factor(self) -> int:
@@ -305,9 +307,13 @@ class DiffusionBackbone(nn.Module):
                 digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
                 digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         for tokenizer in (self.tokenizer, self.tokenizer_2):
-            if tokenizer is not None:  # the fast tokenizer's JSON holds vocabulary, merges, normalizer, padding
+            if tokenizer is not None:  # the fast tokenizer's JSON holds vocabulary, merges, normalizer
                 digest.update(f"{type(tokenizer).__name__}:{tokenizer.model_max_length}".encode())
-                digest.update(tokenizer.backend_tokenizer.to_str().encode())
+                # without padding and truncation: every call sets them (``_token_ids`` passes its own), so they
+                # say whether the tokenizer has been called yet, not what it makes
+                state = {k: v for k, v in json.loads(tokenizer.backend_tokenizer.to_str()).items()
+                         if k not in ("padding", "truncation")}
+                digest.update(json.dumps(state, sort_keys=True).encode())
         return digest.hexdigest()
 
     # ------------------------------------------------------------------ denoiser
