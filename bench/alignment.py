@@ -19,6 +19,7 @@ import torch
 
 from lit_pref.toy.world import prompts
 from lit_pref.backbone import DiffusionBackbone, lora_config
+from lit_pref.cli import LitPrefCLI
 from lit_pref.rewards import win_rate
 from lit_pref.toy import ToyGroundTruthReward
 
@@ -49,6 +50,43 @@ def evaluate(backbone: DiffusionBackbone, seeds: int = 16, steps: int = 20, guid
             "policy_scores": policy.tolist(), "base_scores": base.tolist(), "texts": texts}
 
 
+def train_recipe(config: str, seed: int, overrides: list[str], root: str) -> tuple[LitPrefCLI, float, float]:
+    """Train a method recipe from the toy base through the CLI with ``seed_everything`` = ``seed`` (no logger,
+    callbacks or checkpoints: the recipe's own evaluations are not part of the cost) plus CLI ``overrides``;
+    returns the CLI, the wall seconds and the CPU seconds (process time, all threads; data generation included)."""
+    args = ["fit", "--config", config, f"--seed_everything={seed}", "--trainer.logger=false",
+            "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={root}"]
+    start, cpu_start = time.perf_counter(), time.process_time()
+    cli = LitPrefCLI(args=args + overrides)
+    return cli, time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def table(records: list[dict]) -> str:
+    """The markdown table of judged runs, one row per ``label`` (in order of first appearance): seeds, win rate
+    mean (range) over seeds, the 95% bootstrap interval of the pooled pairs (prompts resampled), the mean change of
+    each hidden-reward term, and training minutes, wall and CPU (the max over seeds: only a first run generates
+    cached data). A record has ``label``, ``seed``, ``policy``, ``base``, ``texts``, ``terms``, ``train_s`` and
+    ``train_cpu_s`` (from :func:`evaluate` and :func:`train_recipe`)."""
+    terms = ToyGroundTruthReward.TERMS
+    rows = ["| method | seeds | win rate mean (range) | 95% interval, pooled pairs | "
+            + " | ".join(f"Δ {t}" for t in terms) + " | train min: wall, CPU (max) |",
+            "|---|---|---|---|" + "---|" * len(terms) + "---|"]
+    for label in dict.fromkeys(r["label"] for r in records):
+        runs = [r for r in records if r["label"] == label]
+        rates = [win_rate(torch.tensor(r["policy"]), torch.tensor(r["base"]), groups=r["texts"]).rate for r in runs]
+        pooled = win_rate(torch.tensor([x for r in runs for x in r["policy"]]),
+                          torch.tensor([x for r in runs for x in r["base"]]),
+                          groups=[t for r in runs for t in r["texts"]])
+        deltas = [sum(r["terms"][t][1] - r["terms"][t][0] for r in runs) / len(runs) for t in terms]
+        seeds = " ".join(str(r["seed"]) for r in runs)
+        rows.append(f"| {label} | {seeds} | {sum(rates) / len(rates):.1%} ({min(rates):.1%}-{max(rates):.1%}) | "
+                    f"{pooled.low:.1%}-{pooled.high:.1%} | " + " | ".join(f"{d:+.3f}" for d in deltas)
+                    + f" | {max(r['train_s'] for r in runs) / 60:.1f}, "
+                    f"{max(r['train_cpu_s'] for r in runs) / 60:.1f} |")
+    return "\n".join(rows)
+
+
 def report(result: dict, title: str) -> str:
     lines = [f"### {title}", "", "| held-out prompts | base | policy | change |", "|---|---|---|---|"]
     rows = {"hidden reward": result["reward"], **result["terms"]}
@@ -74,8 +112,6 @@ def main() -> None:
         backbone.load_lora(args.lora)
         title = f"LoRA {args.lora}"
     else:
-        from lit_pref.cli import LitPrefCLI
-
         start = time.perf_counter()
         cli = LitPrefCLI(args=["fit", "--config", args.config, "--trainer.enable_progress_bar=false",
                                "--trainer.default_root_dir=runs/bench_alignment", *args.cli_args])

@@ -17,8 +17,9 @@ the same initial noise for base and tuned):
 - ``ddpo``: ``--ddpo_config`` (PPO on the hidden reward) trained through the CLI.
 - ``--method NAME=CONFIG``: any method recipe, trained through the CLI.
 
-Prints one table: rung, win rate mean and range over training seeds, the 95% bootstrap interval of the pooled pairs
-(prompts resampled), the change of each hidden-reward term, and wall time of training (data generation included).
+Prints one table, ``alignment.table`` (the leaderboard's): rung, seeds, win rate mean and range over training seeds,
+the 95% bootstrap interval of the pooled pairs (prompts resampled), the change of each hidden-reward term, and the
+minutes of training, wall and CPU (data generation included).
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ import numpy as np
 import torch
 from lightning.pytorch import seed_everything
 
-from alignment import evaluate
+from alignment import evaluate, table, train_recipe
 from lit_pref.datamodules.synthetic import SIZE_RANGES
 from lit_pref.toy.world import Scene, parse_caption, prompts, render
 from lit_pref.backbone import DiffusionBackbone
-from lit_pref.rewards import win_rate
 from lit_pref.toy import ToyGroundTruthReward
 
 DEMO_RANK = 8  # configs/demo.yaml
+ROOT = "runs/bench_ladder"
 
 
 def ideal_images(captions: list[str], per_caption: int, seed: int) -> torch.Tensor:
@@ -135,41 +136,22 @@ def top_k_base_samples(backbone: DiffusionBackbone, pool: int, top_k: int, seed:
     return torch.cat(images), captions
 
 
-def train_config(config: str, seed: int, extra: list[str]) -> DiffusionBackbone:
-    """Train a method recipe from the toy base through the CLI (no logger, callbacks or checkpoints)."""
-    from lit_pref.cli import LitPrefCLI
-
-    cli = LitPrefCLI(args=["fit", "--config", config, f"--seed_everything={seed}", "--trainer.logger=false",
-                           "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
-                           "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-                           "--trainer.default_root_dir=runs/bench_ladder", *extra])
-    return cli.model.backbone
+def recipe(config: str) -> Callable[[int], DiffusionBackbone]:
+    """A rung that trains the method recipe ``config`` from the toy base through the CLI."""
+    return lambda seed: train_recipe(config, seed, [], ROOT)[0].model.backbone
 
 
-def run_rung(make_policy: Callable[[int], object], seed: int, samples: int) -> dict:
-    """Make (train) the policy of one seed, timed, and judge it with ``evaluate``."""
+def run_rung(label: str, make_policy: Callable[[int], object], seed: int, samples: int) -> dict:
+    """Make (train) the policy of one seed, timed, and judge it with ``evaluate``; one record for ``table``."""
     seed_everything(seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     policy = make_policy(seed)
-    train_s = time.perf_counter() - start
+    train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     result = evaluate(policy, seeds=samples)
     print(f"  seed {seed}: win rate {result['win_rate'].rate:.1%} ({result['win_rate'].low:.1%}-"
-          f"{result['win_rate'].high:.1%}), trained in {train_s:.0f} s", flush=True)
-    return {"seed": seed, "train_s": train_s, "terms": result["terms"], "policy": result["policy_scores"],
-            "base": result["base_scores"], "texts": result["texts"]}
-
-
-def row(name: str, runs: list[dict]) -> str:
-    """One table row: win rate mean (range) over seeds, pooled interval, mean change of each term, mean minutes."""
-    rates = [win_rate(torch.tensor(r["policy"]), torch.tensor(r["base"]), groups=r["texts"]).rate for r in runs]
-    pooled = win_rate(torch.tensor([x for r in runs for x in r["policy"]]),
-                      torch.tensor([x for r in runs for x in r["base"]]), groups=[t for r in runs for t in r["texts"]])
-    deltas = [sum(r["terms"][t][1] - r["terms"][t][0] for r in runs) / len(runs) for t in ToyGroundTruthReward.TERMS]
-    minutes = sum(r["train_s"] for r in runs) / len(runs) / 60
-    per_seed = ", ".join(f"{r['seed']}: {x:.1%}" for r, x in zip(runs, rates))
-    return (f"| {name} | {sum(rates) / len(rates):.1%} ({min(rates):.1%}-{max(rates):.1%}) | "
-            f"{pooled.low:.1%}-{pooled.high:.1%} | " + " | ".join(f"{d:+.3f}" for d in deltas)
-            + f" | {minutes:.1f} | {per_seed} |")
+          f"{result['win_rate'].high:.1%}), trained in {train_s:.0f} s ({train_cpu_s:.0f} CPU-s)", flush=True)
+    return {"label": label, "seed": seed, "train_s": train_s, "train_cpu_s": train_cpu_s, "terms": result["terms"],
+            "policy": result["policy_scores"], "base": result["base_scores"], "texts": result["texts"]}
 
 
 def main() -> None:
@@ -217,21 +199,17 @@ def main() -> None:
     if "reward_weighted" in args.rungs:
         rungs.append((f"reward-weighted SFT, top {args.top_k} of {args.pool}", reward_weighted))
     if "ddpo" in args.rungs:
-        rungs.append((f"DDPO {args.ddpo_config}", lambda seed: train_config(args.ddpo_config, seed, [])))
+        rungs.append((f"DDPO {args.ddpo_config}", recipe(args.ddpo_config)))
     for spec in args.method:
         name, _, config = spec.partition("=")
-        rungs.append((f"{name} {config}", lambda seed, config=config: train_config(config, seed, [])))
+        rungs.append((f"{name} {config}", recipe(config)))
 
-    lines = ["| rung | win rate mean (range) | 95% interval, pooled | "
-             + " | ".join(f"Δ {t}" for t in ToyGroundTruthReward.TERMS) + " | train min | per seed |",
-             "|---|---|---|" + "---|" * len(ToyGroundTruthReward.TERMS) + "---|---|"]
+    records = []
     for name, make in rungs:
-        runs = [run_rung(make, seed, args.samples) for seed in args.seeds]
-        lines.append(row(name, runs))
-        print(lines[-1], flush=True)
+        records += [run_rung(name, make, seed, args.samples) for seed in args.seeds]
+        print(table(records), flush=True)
     print(f"\n{len(prompts('heldout'))} held-out prompts x {args.samples} samples per seed; seeds {args.seeds}\n")
-    print("\n".join(lines))
-
+    print(table(records))
 
 if __name__ == "__main__":
     main()

@@ -20,15 +20,13 @@ honest measure of cost: the wall time then depends on the other processes.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 import torch
 
-from alignment import evaluate
+from alignment import evaluate, table, train_recipe
 from lit_pref.rewards import win_rate
-from lit_pref.toy import ToyGroundTruthReward
 
 RECIPES = [  # every method's toy recipe; DDPO's and VCA-PPO's come with their modules (skipped where absent)
     "configs/toy/trajectory_dpo_best_of_8.yaml",
@@ -42,42 +40,16 @@ RECIPES = [  # every method's toy recipe; DDPO's and VCA-PPO's come with their m
 def train_and_judge(config: str, seed: int, seconds: float | None, samples: int, overrides: list[str]) -> dict:
     """Train ``config`` from the toy base with ``seed`` (plus CLI ``overrides``), stopped after ``seconds`` at the
     latest, and judge it on ``samples`` seeds per held-out prompt; returns one result record."""
-    from lit_pref.cli import LitPrefCLI
-
-    args = ["fit", "--config", config, f"--seed_everything={seed}", "--trainer.logger=false",
-            "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", "--trainer.default_root_dir=runs/bench_leaderboard"]
+    limit = []
     if seconds is not None:
         seconds = int(seconds)
-        args.append(f"--trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}")
-    start, cpu_start = time.perf_counter(), time.process_time()
-    cli = LitPrefCLI(args=args + overrides)
-    train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+        limit = [f"--trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"]
+    cli, train_s, train_cpu_s = train_recipe(config, seed, limit + overrides, "runs/bench_leaderboard")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = evaluate(cli.model.backbone.eval().to(device), seeds=samples)
     return {"config": config, "seed": seed, "overrides": overrides, "steps": cli.trainer.global_step,
             "train_s": train_s, "train_cpu_s": train_cpu_s, "policy": result["policy_scores"], "base": result["base_scores"],
             "texts": result["texts"], "terms": result["terms"]}
-
-
-def table(records: list[dict]) -> str:
-    """The markdown leaderboard of ``records`` (one row per label, in order of first appearance)."""
-    rows = ["| method | seeds | win rate mean (range) | 95% interval, pooled pairs | " + " | ".join(
-        f"Δ {t}" for t in ToyGroundTruthReward.TERMS) + " | train min: wall, CPU (max) |",
-            "|---|---|---|---|" + "---|" * len(ToyGroundTruthReward.TERMS) + "---|"]
-    for label in dict.fromkeys(r["label"] for r in records):
-        runs = [r for r in records if r["label"] == label]
-        rates = [win_rate(torch.tensor(r["policy"]), torch.tensor(r["base"]), groups=r["texts"]).rate for r in runs]
-        pooled = win_rate(torch.tensor([x for r in runs for x in r["policy"]]),
-                          torch.tensor([x for r in runs for x in r["base"]]),
-                          groups=[t for r in runs for t in r["texts"]])
-        deltas = [sum(r["terms"][t][1] - r["terms"][t][0] for r in runs) / len(runs) for t in ToyGroundTruthReward.TERMS]
-        minutes = max(r["train_s"] for r in runs) / 60  # the max: only the first run generates the cached data
-        cpu_minutes = max(r["train_cpu_s"] for r in runs) / 60
-        rows.append(f"| {label} | {len(runs)} | {sum(rates) / len(rates):.1%} ({min(rates):.1%}-{max(rates):.1%}) | "
-                    f"{pooled.low:.1%}-{pooled.high:.1%} | " + " | ".join(f"{d:+.3f}" for d in deltas)
-                    + f" | {minutes:.1f}, {cpu_minutes:.1f} |")
-    return "\n".join(rows)
 
 
 def per_seed(records: list[dict]) -> str:
