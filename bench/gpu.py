@@ -27,13 +27,13 @@ batch is on the device before timing (with the cache, a batch is a few hundred K
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -107,7 +107,8 @@ def measure(step: Setup, device: torch.device, warmup: int, steps: int, flops: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--smoke", action="store_true", help="tiny preset, 32 px, CPU, 2 steps: checks the script")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--preset", default="sd15")

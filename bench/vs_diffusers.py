@@ -35,7 +35,6 @@ diffusers.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -119,7 +119,7 @@ def run(command: list[str], log: Path) -> tuple[float, float, float]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
-def commands(args: argparse.Namespace, work: Path, model: Path, data: Path) -> dict:
+def commands(args: Namespace, work: Path, model: Path, data: Path) -> dict:
     """For each variant, a function of (steps, run id) giving its command line."""
     def diffusers(steps: int, tag: str) -> list[str]:
         return [args.script_python, args.script, "--pretrained_model_name_or_path", str(model),
@@ -148,7 +148,8 @@ def spread(values: list[float], fmt: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     parser.add_argument("--script", required=True, help="path of diffusers' train_diffusion_dpo.py")
     parser.add_argument("--script-python", default=sys.executable,
                         help="interpreter for the script (needs datasets, accelerate, wandb)")
