@@ -118,8 +118,8 @@ def table(args: argparse.Namespace) -> None:
         stats = synthesizer.run(DiffusionBackbone(model="toy"), prompts, folder, samples_per_prompt=args.samples,
                                 max_pairs=args.pairs, progress=False)
         synthesis_cpu, cpu = time.process_time() - cpu, time.process_time()
-        if stats.kept < args.pairs:
-            win, trained = f"- (fewer than {args.pairs} pairs)", 0
+        if stats.kept < args.pairs or args.steps == 0:
+            win, trained = "-" if args.steps == 0 else f"- (fewer than {args.pairs} pairs)", 0
         else:
             backbone, _ = train("configs/toy/rich_preference_dpo.yaml", args.steps,
                                 [f"--data.init_args.train_path={folder}", "--model.init_args.timestep_range=[0.6,1.0]"])
@@ -179,7 +179,7 @@ def main() -> None:
     t.add_argument("--editors", nargs="+", choices=EDITORS, default=list(EDITORS))
     t.add_argument("--samples", type=int, default=4, help="items per pre-training prompt (60 prompts): the budget")
     t.add_argument("--pairs", type=int, default=64, help="pairs each editor trains on (synthesis stops there)")
-    t.add_argument("--steps", type=int, default=600, help="optimizer steps (batch 8)")
+    t.add_argument("--steps", type=int, default=600, help="optimizer steps (batch 8); 0: synthesis only")
     t.add_argument("--seeds", type=int, default=16, help="evaluation samples per held-out prompt (12 prompts)")
     t.add_argument("--controlnet", default=None, help="a toy ControlNet folder (default: one built from the UNet)")
     p = sub.add_parser("throughput", help="synthesis pairs/s per editor on tiny models")
