@@ -125,7 +125,8 @@ def table(args: argparse.Namespace) -> None:
                                 [f"--data.init_args.train_path={folder}", "--model.init_args.timestep_range=[0.6,1.0]"])
             wr = evaluate(backbone.eval().to(device), args.seeds, 20)["win_rate"]
             win, trained = f"{wr.rate:.1%} ({wr.low:.1%}-{wr.high:.1%})", stats.kept
-        print(f"| {name} | {stats.sampled} | {stats.proposed} | {stats.kept} ({stats.kept / max(stats.proposed, 1):.1%}) "
+        fraction = stats.kept / max(stats.proposed, 1)
+        print(f"| {name} | {stats.sampled} | {stats.proposed} | {stats.kept} ({fraction:.1%}) "
               f"| {stats.mean_gain_proposed:+.3f} | {stats.mean_gain:+.3f} | {trained} | {win} "
               f"| {synthesis_cpu:.0f}, {time.process_time() - cpu:.0f} |", flush=True)
 
