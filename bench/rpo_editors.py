@@ -1,15 +1,19 @@
 """What each RPO editor contributes on the toy world, and synthesis throughput per editor on tiny models.
 
     python bench/rpo_editors.py table                    # every editor: synthesise, train, judge (toy world)
-    python bench/rpo_editors.py table --editors toy inpaint --steps 100 --seeds 8
-    python bench/rpo_editors.py throughput               # items/s per editor on the tiny SD and SDXL presets
+    python bench/rpo_editors.py table --editors toy inpaint --pairs 64 --steps 600
+    python bench/rpo_editors.py throughput               # pairs/s per editor on the tiny SD and SDXL presets
 
-``table``: for each editor, synthesise pairs from the toy base on the 60 pre-training prompts x ``--samples`` seeds
-(ToyCritic with its regions and kinds, relabelled by the hidden human's reward, margin 0.05, as
-configs/toy/synthesize_rich_pairs.yaml), then train configs/toy/rich_preference_dpo.yaml on all its kept pairs for
-``--steps`` steps and judge it as bench/alignment.py does (held-out prompts, win rate against the
-base with a bootstrap 95% interval over prompts). Prints one markdown row per editor: proposed edits, kept fraction,
-mean hidden gain of all proposed edits and of the kept ones, win rate.
+``table``: for each editor, synthesise pairs from the toy base on the 60 pre-training prompts x ``--samples`` seeds,
+item i being prompt i mod 60 with seed i, the same items for every editor (ToyCritic with its regions and kinds,
+relabelled by the hidden human's reward, margin 0.05, as configs/toy/synthesize_rich_pairs.yaml), stopping at
+``--pairs`` kept pairs. Every editor that reaches ``--pairs`` trains on exactly that many (equal pair count) with the
+training settings of configs/toy/rich_preference_dpo_early_steps.yaml (Diffusion-DPO loss, beta 5000, t drawn from
+the noisiest 40% of the training timesteps, LoRA rank 8, AdamW lr 1e-3, batch 8, 600 steps, seed 0) and is judged as
+bench/alignment.py does (12 held-out prompts x ``--seeds``, 20 DDIM steps, win rate against the base with a
+bootstrap 95% interval over prompts). Prints one markdown row per editor: items sampled, proposed edits, kept
+(fraction of proposed), mean hidden gain of all proposed edits and of the kept ones, pairs trained, win rate, and the
+CPU seconds of synthesis and of training + judging.
 
 Editors (all but ``toy`` are the toy base's own diffusers pipelines, adapters off, 10 steps, guidance 4, prompt =
 the caption: the toy text encoder knows nothing else):
@@ -18,13 +22,14 @@ the caption: the toy text encoder knows nothing else):
 - ``sdedit``: Img2ImgEditor, strength 0.6, the whole image;
 - ``inpaint``: InpaintEditor on the critic's regions (dilation 0.05);
 - ``inpaint_whole``: the same inpainting with the regions withheld (the whole image is repainted);
-- ``controlnet``: ControlNetEditor with canny edges and a toy ControlNet (``--controlnet``; trained with
-  bench/toy_controlnet.py; without one, a ControlNet copied from the toy UNet, whose zero convolutions add nothing);
+- ``controlnet``: ControlNetEditor with canny edges and a toy ControlNet built from the toy base UNet
+  (``ControlNetModel.from_unet``: untrained, its zero convolutions add nothing) or the folder given by
+  ``--controlnet``;
 - ``chain``: EditorChain, local -> inpaint, everything else -> ToyEditor.
 
 ``throughput``: ``--items`` items through PairSynthesizer per editor with a fixed critic (one local instruction with a
-box) and a pixel-rule scorer, on DiffusionBackbone("tiny") and ("tiny-sdxl") at 32 px, 10 DDIM steps; prints items/s
-and the time over sampling the same items alone (median of ``--repeats``).
+box) and a pixel-rule scorer that keeps every pair, on DiffusionBackbone("tiny") and ("tiny-sdxl") at 32 px, 10 DDIM
+steps; prints pairs/s and the time over sampling the same items alone (median of ``--repeats``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffusers import ControlNetModel
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 import torch
 
@@ -43,6 +49,7 @@ from alignment import evaluate  # noqa: E402  (bench/alignment.py)
 from rpo_vs_dpo import train  # noqa: E402  (bench/rpo_vs_dpo.py)
 
 from lit_pref.backbone import DiffusionBackbone  # noqa: E402
+from lit_pref.backbone.tiny import build_tiny_components  # noqa: E402
 from lit_pref.rpo import (  # noqa: E402
     Critic,
     Critique,
@@ -71,10 +78,6 @@ class WithoutRegions(ToyCritic):
 
 def untrained_controlnet(kind: str, folder: Path) -> Path:
     """A ControlNet copied from a UNet (toy, or a tiny preset), saved in diffusers' layout."""
-    from diffusers import ControlNetModel
-
-    from lit_pref.backbone.tiny import build_tiny_components
-
     if kind == "toy":
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -109,29 +112,29 @@ def table(args: Namespace) -> None:
     prompts = resolve_prompts("toy:train")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hidden = ToyGroundTruthReward()
-    print("| editor | proposed | kept (fraction) | mean hidden gain, proposed | mean hidden gain, kept | pairs trained "
-          "| win rate vs base (95% CI) | synthesis s |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    print("| editor | items | proposed | kept (fraction) | mean hidden gain, proposed | mean hidden gain, kept "
+          "| pairs trained | win rate vs base (95% CI) | CPU s: synthesis, training + judging |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for name in args.editors:
         critic, editor = toy_editor(name, args.controlnet)
         synthesizer = PairSynthesizer(critic, editor, hidden, margin=0.05, num_inference_steps=10,
                                       guidance_scale=4.0, batch_size=32)
-        folder = ROOT / f"pairs_{name}_{args.samples}"
-        start = time.perf_counter()
+        folder = ROOT / f"pairs_{name}_{args.samples}_{args.pairs}"
+        cpu = time.process_time()
         stats = synthesizer.run(DiffusionBackbone(model="toy"), prompts, folder, samples_per_prompt=args.samples,
-                                progress=False)
-        seconds = time.perf_counter() - start
-        kept = f"{stats.kept} ({stats.kept / max(stats.proposed, 1):.1%})"
-        pairs = stats.kept
-        if pairs < 8:
-            win = "- (too few pairs)"
+                                max_pairs=args.pairs, progress=False)
+        synthesis_cpu, cpu = time.process_time() - cpu, time.process_time()
+        if stats.kept < args.pairs or args.steps == 0:
+            win, trained = "-" if args.steps == 0 else f"- (fewer than {args.pairs} pairs)", 0
         else:
             backbone, _ = train("configs/toy/rich_preference_dpo.yaml", args.steps,
-                                [f"--data.init_args.train_path={folder}"])
+                                [f"--data.init_args.train_path={folder}", "--model.init_args.timestep_range=[0.6,1.0]"])
             wr = evaluate(backbone.eval().to(device), args.seeds, 20)["win_rate"]
-            win = f"{wr.rate:.1%} ({wr.low:.1%}-{wr.high:.1%})"
-        print(f"| {name} | {stats.proposed} | {kept} | {stats.mean_gain_proposed:+.3f} | {stats.mean_gain:+.3f} | "
-              f"{pairs if pairs >= 8 else stats.kept} | {win} | {seconds:.0f} |", flush=True)
+            win, trained = f"{wr.rate:.1%} ({wr.low:.1%}-{wr.high:.1%})", stats.kept
+        fraction = stats.kept / max(stats.proposed, 1)
+        print(f"| {name} | {stats.sampled} | {stats.proposed} | {stats.kept} ({fraction:.1%}) "
+              f"| {stats.mean_gain_proposed:+.3f} | {stats.mean_gain:+.3f} | {trained} | {win} "
+              f"| {synthesis_cpu:.0f}, {time.process_time() - cpu:.0f} |", flush=True)
 
 
 class BoxCritic(Critic):
@@ -144,7 +147,7 @@ class BoxCritic(Critic):
 
 def throughput(args: Namespace) -> None:
     prompts = [f"a photo of object {i}" for i in range(args.items)]
-    print(f"| model | editor | items/s | synthesis / sampling time |\n|---|---|---|---|")
+    print("| model | editor | pairs/s | synthesis / sampling time |\n|---|---|---|---|")
     for preset, kind in (("tiny", "sd"), ("tiny-sdxl", "sdxl")):
         backbone = DiffusionBackbone(model=preset).eval()
         with tempfile.TemporaryDirectory() as tmp:
@@ -164,14 +167,15 @@ def throughput(args: Namespace) -> None:
             sampled = statistics.median(sample_s)
             print(f"| {preset} | (sampling alone) | {args.items / sampled:.2f} | 1.00 |", flush=True)
             for name, editor in editors.items():
-                synth_s = []
+                synth_s, kept = [], 0
                 for repeat in range(args.repeats):
                     synthesizer = PairSynthesizer(BoxCritic(), editor, ToyGroundTruthReward(), margin=-1e9,
                                                   num_inference_steps=10, batch_size=8)
                     stats = synthesizer.run(backbone, prompts, Path(tmp) / f"{name}_{repeat}", progress=False)
                     synth_s.append(stats.seconds)
+                    kept = stats.kept
                 median = statistics.median(synth_s)
-                print(f"| {preset} | {name} | {args.items / median:.2f} | {median / sampled:.2f} |", flush=True)
+                print(f"| {preset} | {name} | {kept / median:.2f} | {median / sampled:.2f} |", flush=True)
     print(f"\n{torch.get_num_threads()} threads, {args.items} items, 10 DDIM steps, 32 px, median of {args.repeats}")
 
 
@@ -180,11 +184,12 @@ def main() -> None:
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     t = ArgumentParser(description="the toy-world editor table")
     t.add_argument("--editors", nargs="+", choices=EDITORS, default=list(EDITORS))
-    t.add_argument("--samples", type=int, default=4, help="samples per pre-training prompt (60 prompts)")
-    t.add_argument("--steps", type=int, default=100, help="optimizer steps (batch 8)")
-    t.add_argument("--seeds", type=int, default=8, help="evaluation samples per held-out prompt")
-    t.add_argument("--controlnet", default=None, help="a toy ControlNet folder (bench/toy_controlnet.py)")
-    p = ArgumentParser(description="synthesis items/s per editor on tiny models")
+    t.add_argument("--samples", type=int, default=4, help="items per pre-training prompt (60 prompts): the budget")
+    t.add_argument("--pairs", type=int, default=64, help="pairs each editor trains on (synthesis stops there)")
+    t.add_argument("--steps", type=int, default=600, help="optimizer steps (batch 8); 0: synthesis only")
+    t.add_argument("--seeds", type=int, default=16, help="evaluation samples per held-out prompt (12 prompts)")
+    t.add_argument("--controlnet", default=None, help="a toy ControlNet folder (default: one built from the UNet)")
+    p = ArgumentParser(description="synthesis pairs/s per editor on tiny models")
     p.add_argument("--items", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     sub = parser.add_subcommands(dest="command", required=True)
