@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", choices=["rendered", "model"], default="rendered", help="who draws the images")
     parser.add_argument("--ddim_steps", type=int, default=10, help="DDIM steps of the model's images")
+    parser.add_argument("--patch_grid", type=int, default=4,
+                        help="RewardModel patch_grid: CLIP patch tokens pooled to a g x g grid (0: pooled embedding)")
     args = parser.parse_args()
     out = Path(args.out)
     train, held_out = out / "dialogues" / "train.jsonl", out / "dialogues" / "held_out.jsonl"
@@ -95,6 +97,7 @@ def main() -> None:
 
     seed_everything(args.seed)
     model = RewardModel(clip_model="toy", hidden_dim=64, export_dir=str(out / "reward_model"),
+                        patch_grid=args.patch_grid,
                         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4))
     data = DialogueDataModule(str(train), pairs=True, resolution=32, batch_size=32, seed=args.seed)
     Trainer(max_steps=args.steps, accelerator="cpu", logger=False, enable_checkpointing=False,

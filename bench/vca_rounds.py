@@ -3,6 +3,7 @@
     python bench/vca_rounds.py                                    # the toy base model
     python bench/vca_rounds.py --lora runs/vca/version_0/lora     # the base and the LoRA, same dialogues and noise
     python bench/vca_rounds.py --adapt --seeds 10 11 12           # also the base adapting live, as interact --adapt
+    python bench/vca_rounds.py --lora LORA --no_base --seeds 11   # the LoRA only (base rounds: fixed by the seed)
 
 Each dialogue starts from :func:`lit_pref.toy.toy_start` (a hidden target caption; an initial prompt that differs
 in 1-3 attributes) and is played by :func:`lit_pref.vca.play_dialogue`: K images of the current prompt from the
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the dialogue starts and noise")
     parser.add_argument("--adapt", action="store_true", help="also play the base model adapting live")
+    parser.add_argument("--no_base", action="store_true",
+                        help="skip the base model (its rounds are fixed by the seeds: same starts, same noise)")
     parser.add_argument("--adapt_updates", type=int, default=4, help="DPO steps after each choice (--adapt)")
     parser.add_argument("--adapt_lr", type=float, default=1e-3, help="learning rate of the adaptation (--adapt)")
     parser.add_argument("--adapt_beta", type=float, default=5000.0, help="Diffusion-DPO beta of the adaptation")
@@ -108,7 +111,7 @@ def main() -> None:
     if args.lora:
         backbone.load_lora(args.lora)
     backbone = backbone.eval().to(device)
-    models = {"base": (backbone, backbone.reference, None)}
+    models = {} if args.no_base else {"base": (backbone, backbone.reference, None)}
     if args.lora:
         models["lora"] = (backbone, contextlib.nullcontext, None)
     if args.adapt:

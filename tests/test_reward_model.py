@@ -1,9 +1,10 @@
 """The DPO-trained reward model: the Bradley-Terry loss by hand; trained on toy pairs it ranks held-out pairs well
-above chance; its saved folder loads as a scorer that gives the module's scores."""
+above chance; its saved folder loads as a scorer that gives the module's scores; its patch-grid features by hand."""
 
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import numpy as np
@@ -23,6 +24,8 @@ from lit_pref.toy.world import Scene
 from lit_pref.losses import bradley_terry_loss
 from lit_pref.modules import RewardModel
 from lit_pref.rewards import RewardModelScorer
+from lit_pref.rewards.clip_score import clip_preprocess
+from lit_pref.rewards.reward_model import clip_image_features
 
 
 def test_bradley_terry_loss_by_hand():
@@ -124,3 +127,43 @@ def test_ties_are_dropped_and_counted_or_raise():
     model.ties = "raise"
     with pytest.raises(ValueError, match="tie"):
         model.winners_and_losers(batch)
+
+
+def test_patch_grid_is_the_patch_tokens_averaged_over_blocks_of_the_image():
+    model = RewardModel(clip_model="toy", hidden_dim=0, patch_grid=2)
+    pixels = clip_preprocess(torch.rand(2, 3, 32, 32), model.preprocess_cfg)
+    e_i, grid = clip_image_features(model.clip, pixels, patch_grid=2)
+    assert torch.allclose(e_i, model.clip.encode_image(pixels, normalize=True), atol=1e-6)  # the default features
+    model.clip.visual.output_tokens = True
+    _, tokens = model.clip.visual(pixels)  # (B, 64, W): the toy CLIP's 8 x 8 patches (32 px, patch 4), row-major
+    model.clip.visual.output_tokens = False
+    width = tokens.shape[-1]
+    assert model.head.grid_dim == width * 4
+    # Cell (i, j) of a 2 x 2 grid is the mean of patch rows 4i..4i+3 and columns 4j..4j+3; channels first.
+    for i in range(2):
+        for j in range(2):
+            index = [8 * r + c for r in range(4 * i, 4 * i + 4) for c in range(4 * j, 4 * j + 4)]
+            cell = grid.view(2, width, 2, 2)[:, :, i, j]
+            assert torch.allclose(cell, tokens[:, index].mean(1), atol=1e-5)
+    assert not model.clip.visual.output_tokens  # the tower is left as it was
+
+
+def test_patch_grid_reward_model_saves_and_loads_as_the_same_scorer(tmp_path):
+    torch.manual_seed(0)
+    model = RewardModel(clip_model="toy", hidden_dim=8, patch_grid=2)
+    images, captions = torch.rand(3, 3, 32, 32), ["a red circle", "a blue square", "a green star"]
+    scorer = RewardModelScorer(str(model.save_pretrained(tmp_path / "rm")))
+    with torch.no_grad():
+        assert torch.allclose(scorer.score(images, captions), model(images, captions), atol=1e-6)
+    assert scorer.config["patch_grid"] == 2
+    # A folder saved before patch grids (no grid keys) reads the pooled embedding only.
+    pooled = RewardModel(clip_model="toy", hidden_dim=8)
+    folder = pooled.save_pretrained(tmp_path / "old")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items()
+                                                    if k not in ("grid_dim", "patch_grid")}))
+    with torch.no_grad():
+        assert torch.allclose(RewardModelScorer(str(folder)).score(images, captions), pooled(images, captions),
+                              atol=1e-6)
+    with pytest.raises(ValueError, match="patch_grid"):
+        RewardModel(clip_model="toy", patch_grid=-1)

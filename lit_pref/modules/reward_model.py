@@ -16,11 +16,13 @@ from torch import Tensor
 from lit_pref.losses import BradleyTerryLoss, RewardLoss
 from lit_pref.modules.empty_batches import EmptyBatchGuard
 from lit_pref.rewards.clip_score import clip_preprocess, load_open_clip
-from lit_pref.rewards.reward_model import RewardHead, clip_tokenizer, resolve_clip, save_reward_model
+from lit_pref.rewards.reward_model import (RewardHead, clip_image_features, clip_tokenizer, patch_width, resolve_clip,
+                                           save_reward_model)
 
 
 class RewardModel(EmptyBatchGuard, LightningModule):
-    """Trains a :class:`~lit_pref.rewards.reward_model.RewardHead` on frozen open_clip image and text embeddings.
+    """Trains a :class:`~lit_pref.rewards.reward_model.RewardHead` on frozen open_clip image and text embeddings
+    (and, with ``patch_grid`` > 0, the image's patch tokens pooled to a grid).
 
     Batches are those of ``lit_pref.datamodules.PreferencePairDataModule`` / ``ToyPreferenceDataModule``: ``images_0``,
     ``images_1`` in [-1, 1], ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie) and ``captions``. Per pair
@@ -49,6 +51,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         export_dir: str | None = None,
         satisfaction_weight: float = 0.0,
+        patch_grid: int = 0,
     ) -> None:
         """
         Args:
@@ -64,19 +67,27 @@ class RewardModel(EmptyBatchGuard, LightningModule):
             export_dir: Folder the trained reward model is saved to at the end of fit; ``None`` =
                 ``<trainer.log_dir>/reward_model``.
             satisfaction_weight: Weight w of the satisfaction term (see the class docstring); 0 turns it off.
+            patch_grid: Image features the head reads besides the pooled CLIP embedding: 0 (default) none; g > 0 the
+                vision transformer's patch tokens average-pooled to a g x g grid (W * g * g more inputs), which
+                keep the layout (where a shape sits) that the pooled embedding largely loses. The toy CLIP's pooled
+                embedding cannot tell a centred shape from an off-centre one; ``patch_grid: 4`` can.
         """
         super().__init__()
         if hidden_dim < 0:
             raise ValueError(f"hidden_dim must be >= 0, got {hidden_dim}")
         if ties not in ("drop", "keep_first", "raise"):
             raise ValueError(f"ties must be 'drop', 'keep_first' or 'raise', got {ties!r}")
+        if patch_grid < 0:
+            raise ValueError(f"patch_grid must be >= 0, got {patch_grid}")
         self.clip_model = clip_model
         self.clip_pretrained = clip_pretrained
         model, pretrained = resolve_clip(clip_model, clip_pretrained)
         self.clip, self.preprocess_cfg = load_open_clip(model, pretrained, "cpu")
         self.tokenizer = clip_tokenizer(model)
         embed_dim = int(self.clip.encode_text(self.tokenizer([""])).shape[-1])
-        self.head = RewardHead(embed_dim, hidden_dim)
+        self.patch_grid = patch_grid
+        grid_dim = patch_width(self.clip) * patch_grid**2 if patch_grid else 0
+        self.head = RewardHead(embed_dim, hidden_dim, grid_dim)
         self.loss = loss
         self.ties = ties
         self.optimizer = optimizer
@@ -95,11 +106,13 @@ class RewardModel(EmptyBatchGuard, LightningModule):
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def embed(self, images: Tensor, captions: list[str]) -> tuple[Tensor, Tensor]:
-        """L2-normalised CLIP embeddings of images in [0, 1] (B, 3, H, W) and their captions."""
-        e_i = self.clip.encode_image(clip_preprocess(images.to(self.device), self.preprocess_cfg), normalize=True)
+    def embed(self, images: Tensor, captions: list[str]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """L2-normalised CLIP embeddings of images in [0, 1] (B, 3, H, W) and their captions, and the images'
+        pooled patch grid (``None`` with ``patch_grid`` 0; see ``clip_image_features``)."""
+        pixels = clip_preprocess(images.to(self.device), self.preprocess_cfg)
+        e_i, grid = clip_image_features(self.clip, pixels, self.patch_grid)
         e_t = self.clip.encode_text(self.tokenizer(captions).to(self.device), normalize=True)
-        return e_i.float(), e_t.float()
+        return e_i, e_t.float(), grid
 
     def forward(self, images: Tensor, captions: list[str]) -> Tensor:
         """(B,) scores of images in [0, 1] and their captions (gradients reach the head only)."""
@@ -152,7 +165,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the folder ``lit_pref.rewards.RewardModelScorer`` loads (``config.json``, ``head.safetensors``)."""
-        return save_reward_model(directory, self.head, self.clip_model, self.clip_pretrained)
+        return save_reward_model(directory, self.head, self.clip_model, self.clip_pretrained, self.patch_grid)
 
     def on_fit_end(self) -> None:
         if self.export_dir is not None:
