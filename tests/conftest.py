@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+
+from pair_files import BLUE, RED, solid
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,3 +52,11 @@ def read_events(log_dir: Path):
     acc = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     return acc
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    """A folder with a red ``a.png`` and a blue ``b.png``."""
+    Image.fromarray(solid(RED)).save(tmp_path / "a.png")
+    Image.fromarray(solid(BLUE)).save(tmp_path / "b.png")
+    return tmp_path
