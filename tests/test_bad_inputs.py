@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from lit_pref.datamodules import BadRowError, DialogueFormatError, PreferencePairDataset, collate_pairs, read_dialogues
-from test_preference_data import encode, solid, write_jsonl
+from pair_files import encode, solid, write_jsonl
 
 BLUE = (0, 0, 255)
 
