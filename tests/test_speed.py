@@ -222,8 +222,8 @@ def test_processes_fill_disjoint_shares_of_one_entry(tmp_path):
     dataset = PreferencePairDataset(data, resolution=32)
     backbone = DiffusionBackbone.tiny()
     store = open_or_create(tmp_path / "cache", dataset, backbone)
-    fork = multiprocessing.get_context("fork")
-    workers = [fork.Process(target=fill, args=(store, dataset, backbone, rank, 2)) for rank in (0, 1)]
+    context = multiprocessing.get_context("spawn")  # fork after the parent's OpenMP pool started can hang the children
+    workers = [context.Process(target=fill, args=(store, dataset, backbone, rank, 2)) for rank in (0, 1)]
     for worker in workers:
         worker.start()
     for worker in workers:
