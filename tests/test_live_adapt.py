@@ -90,7 +90,7 @@ def test_history_keeps_training_on_the_sessions_earlier_rounds(toy_round):
     backbone, images = toy_round
     gaps = {}
     for history in (1, 2):
-        adapter = LiveAdapter(backbone, updates=4, lr=3e-3, history=history)
+        adapter = LiveAdapter(backbone, updates=4, lr=3e-3, timestep_range=(0.0, 1.0), history=history)
         adapter.adapt(images, chosen=1, prompt=RED)
         adapter.adapt(images, chosen=0, prompt=RED)
         assert len(adapter.rounds) == history
