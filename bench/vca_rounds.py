@@ -14,9 +14,10 @@ Round ``t`` of dialogue ``i`` uses the same initial noise for every model. Repor
 dialogues that reach the target within ``--rounds``, the mean rounds of those that do, the mean rounds-to-target
 with unreached dialogues counted as ``rounds + 1``, the rounds until all four attributes are right (position
 ignored), and generated images per second. With ``--adapt`` the base model also plays while adapting live, as
-``python -m lit_pref interact --adapt`` does (:class:`~lit_pref.vca.adapt.LiveAdapter`: after each choice
-``--adapt_updates`` DPO steps on the round's pairs; the LoRA is reset for every dialogue), and the seconds per
-adaptation step are reported. ``--seeds`` repeats everything for several seeds of the dialogue starts and noise.
+``python -m lit_pref interact --adapt`` does, with the tool's defaults (:class:`~lit_pref.vca.adapt.LiveAdapter`:
+after each choice ``--adapt_updates`` DPO steps on the pairs of the latest ``--adapt_history`` rounds at the
+timesteps of ``--adapt_timestep_range``; the LoRA is reset for every dialogue), and the seconds per adaptation step
+are reported. ``--seeds`` repeats everything for several seeds of the dialogue starts and noise.
 """
 
 from __future__ import annotations
@@ -102,8 +103,12 @@ def main() -> None:
     parser.add_argument("--no_base", action="store_true",
                         help="skip the base model (its rounds are fixed by the seeds: same starts, same noise)")
     parser.add_argument("--adapt_updates", type=int, default=4, help="DPO steps after each choice (--adapt)")
-    parser.add_argument("--adapt_lr", type=float, default=1e-3, help="learning rate of the adaptation (--adapt)")
+    parser.add_argument("--adapt_lr", type=float, default=3e-3, help="learning rate of the adaptation (--adapt)")
     parser.add_argument("--adapt_beta", type=float, default=5000.0, help="Diffusion-DPO beta of the adaptation")
+    parser.add_argument("--adapt_timestep_range", type=tuple[float, float], default=(0.6, 1.0),
+                        help="fractions of the training timesteps the adaptation draws from")
+    parser.add_argument("--adapt_history", type=int, default=4,
+                        help="rounds of the dialogue whose pairs every adaptation step trains on")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -116,7 +121,8 @@ def main() -> None:
         models["lora"] = (backbone, contextlib.nullcontext, None)
     if args.adapt:
         live = DiffusionBackbone(model="toy").eval().to(device)  # LoRA B = 0: starts as the base
-        adapter = LiveAdapter(live, args.adapt_updates, args.adapt_lr, args.adapt_beta)
+        adapter = LiveAdapter(live, args.adapt_updates, args.adapt_lr, args.adapt_beta,
+                              timestep_range=args.adapt_timestep_range, history=args.adapt_history)
         models["base + live adaptation"] = (live, contextlib.nullcontext, adapter)
     print(f"{args.dialogues} toy dialogues per seed, seeds {args.seeds}, at most {args.rounds} rounds, "
           f"K={args.num_images}, {args.steps} DDIM steps, guidance {args.guidance}, device {device}\n")

@@ -4,6 +4,7 @@ stock diffusers."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
@@ -46,6 +47,64 @@ def test_adaptation_lowers_the_chosen_images_error_against_the_unchosen_and_rese
     adapter.reset()
     assert adapter.total_updates == 0
     assert all(torch.equal(p, s) for p, s in zip(backbone.lora_parameters(), start))
+
+
+def _pair_gap(backbone, images, chosen, loser, prompt, t_low, t_high, n=32):
+    """Mean (policy - reference) of (e_w - e_l) on fixed noise and timesteps in [t_low, t_high): the DPO logit's
+    sign-flipped numerator; negative when the chosen image became relatively more likely than under the base."""
+    latents = backbone.encode_images(images * 2 - 1, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(2)
+    noise, t = torch.randn(n, *latents.shape[1:], generator=generator), torch.randint(t_low, t_high, (n,), generator=generator)
+    cond = backbone.encode_prompts([prompt] * n)
+    w, l = latents[chosen].expand(n, -1, -1, -1), latents[loser].expand(n, -1, -1, -1)
+    with torch.no_grad():
+        policy = _errors(backbone, w, noise, t, cond) - _errors(backbone, l, noise, t, cond)
+        with backbone.reference_forward():
+            reference = _errors(backbone, w, noise, t, cond) - _errors(backbone, l, noise, t, cond)
+    return (policy - reference).mean().item()
+
+
+@pytest.fixture(scope="module")
+def toy_round():
+    backbone = DiffusionBackbone(model="toy")
+    with torch.no_grad():
+        images = backbone.sample([RED] * 3, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    return backbone, images
+
+
+def test_adaptation_trains_on_its_timestep_range(toy_round):
+    """The noisiest timesteps (where the layout is decided) move only when the adapter draws from them."""
+    backbone, images = toy_round
+    gaps = {}
+    for low, high in ((0.6, 1.0), (0.0, 0.05)):
+        adapter = LiveAdapter(backbone, updates=6, lr=3e-3, timestep_range=(low, high))
+        adapter.adapt(images, chosen=1, prompt=RED)
+        gaps[low] = _pair_gap(backbone, images, 1, 0, RED, 600, 1000)
+        adapter.reset()
+    assert gaps[0.6] < 0 and gaps[0.6] < gaps[0.0]
+
+
+def test_history_keeps_training_on_the_sessions_earlier_rounds(toy_round):
+    """The same images chosen the other way in round 2: with ``history`` 2 the steps also keep training round 1's
+    pairs (1 ≻ 0 among them), so image 1 stays more likely against image 0 than with ``history`` 1."""
+    backbone, images = toy_round
+    gaps = {}
+    for history in (1, 2):
+        adapter = LiveAdapter(backbone, updates=4, lr=3e-3, timestep_range=(0.0, 1.0), history=history)
+        adapter.adapt(images, chosen=1, prompt=RED)
+        adapter.adapt(images, chosen=0, prompt=RED)
+        assert len(adapter.rounds) == history
+        gaps[history] = _pair_gap(backbone, images, 1, 0, RED, 0, 1000)
+        adapter.reset()
+        assert adapter.rounds == []
+    assert gaps[2] < gaps[1]
+
+
+@pytest.mark.parametrize("kwargs, message", [({"updates": 0}, "updates"), ({"history": 0}, "history"),
+                                             ({"timestep_range": (0.6, 0.6)}, "timestep_range")])
+def test_bad_adapter_settings_are_refused(toy_round, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LiveAdapter(toy_round[0], **kwargs)
 
 
 def test_adapting_web_session_reports_updates_and_saves_a_lora_stock_diffusers_loads(tmp_path):

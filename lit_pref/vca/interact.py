@@ -6,7 +6,8 @@ A person types a prompt and sees K images; picks one and writes feedback; the re
 ``<output stem>_images/<dialogue id>/r<round>_<k>.png`` beside the output file when they are generated.
 
 Co-adaptation (``--adapt``): after each choice, :class:`~lit_pref.vca.adapt.LiveAdapter` makes ``--adapt_updates``
-Diffusion-DPO steps of the LoRA on the round's pairs (chosen ≻ each unchosen image), so the next round is drawn from
+Diffusion-DPO steps of the LoRA on the pairs (chosen ≻ each unchosen image) of the session's latest
+``--adapt_history`` rounds, at the noisiest timesteps (``--adapt_timestep_range``), so the next round is drawn from
 the adapted model; a new session starts from the LoRA the tool was started with. An adapting tool serves one person
 at a time (sessions share the model).
 
@@ -49,8 +50,10 @@ def open_studio(
     session_timeout: float = 3600.0,
     adapt: bool = False,
     adapt_updates: int = 4,
-    adapt_lr: float = 1e-3,
+    adapt_lr: float = 3e-3,
     adapt_beta: float = 5000.0,
+    adapt_timestep_range: tuple[float, float] = (0.6, 1.0),
+    adapt_history: int = 4,
 ) -> Studio:
     """The :class:`~lit_pref.vca.studio.Studio` the tool serves.
 
@@ -72,11 +75,15 @@ def open_studio(
         adapt_updates: Optimizer steps after each choice (--adapt).
         adapt_lr: Learning rate of the adaptation (--adapt).
         adapt_beta: Diffusion-DPO beta of the adaptation.
+        adapt_timestep_range: Fractions of the training timesteps the adaptation draws from (the noisiest 40% by
+            default: where the layout is decided).
+        adapt_history: Rounds of the session whose pairs every adaptation step trains on (the latest ones).
     """
     if lora is not None:
         backbone.load_lora(lora)
     backbone = backbone.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    adapter = LiveAdapter(backbone, adapt_updates, adapt_lr, adapt_beta, seed=seed) if adapt else None
+    adapter = LiveAdapter(backbone, adapt_updates, adapt_lr, adapt_beta, timestep_range=adapt_timestep_range,
+                          history=adapt_history, seed=seed) if adapt else None
     return Studio(backbone, refiner, output, num_images, num_inference_steps, guidance_scale, eta, seed, category,
                   session_timeout=session_timeout, adapter=adapter)
 
