@@ -33,6 +33,7 @@ def demo_args(tmp: Path, steps: int) -> list[str]:
         "--trainer.log_every_n_steps", "1",
         "--trainer.logger.init_args.save_dir", str(tmp / "runs"),
         "--data.init_args.data_dir", str(tmp / "data"),
+        "--trainer.callbacks.cache_dir", str(tmp / "encodings"),  # the demo's last callback: EncodingCache
         "--data.init_args.num_pairs", "16", "--data.init_args.num_val_pairs", "4",
         "--data.init_args.candidates_per_pair", "2",  # two samples a pair: the test checks the run, not the pairs
     ]
@@ -53,7 +54,7 @@ def demo_run(tmp_path_factory):
 
 
 def test_demo_fit_writes_events_config_checkpoints_and_lora(demo_run):
-    _, run = demo_run
+    tmp, run = demo_run
     events = read_events(run)
     scalars = set(events.Tags()["scalars"])
     for name in ("train/loss", "train/implicit_acc", "train/model_mse", "train/ref_mse", "train/margin",
@@ -68,6 +69,7 @@ def test_demo_fit_writes_events_config_checkpoints_and_lora(demo_run):
     lora = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
     assert any(k.endswith("lora.up.weight") and v.abs().sum() > 0 for k, v in lora.items())
     assert (run / "lora_best" / "pytorch_lora_weights.safetensors").is_file()
+    assert any(p.is_file() for p in (tmp / "encodings").rglob("*"))  # the encodings went where the option said
 
 
 def test_demo_ends_with_its_win_rate_and_what_to_run_next_and_opens_tensorboard_on_it(demo_run):
