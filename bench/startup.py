@@ -125,7 +125,7 @@ def target_args(target: str, work: Path, tree: int) -> list[str]:
         DiffusionBackbone(model="small").save_pretrained(work / "small-model")
         write_data(work / "small-data", pairs=8, resolution=256)
     config = lit_pref_config(work / "small.yaml", work / "small-model", work / "small-data", 256, 2, 1, None)
-    return ["fit", "--config", str(config)]
+    return ["fit", "--config", str(config), "--trainer.default_root_dir", str(work)]  # its config.yaml goes there
 
 
 def main(argv: list[str] | None = None) -> None:
