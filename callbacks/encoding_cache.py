@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_pref.datamodules.encoding_cache import EncodingStore, create, entry_path, open_entry
+from lit_pref.datamodules.encoding_cache import EncodingStore, create, encode_into, entry_path, open_entry
 
 
 class EncodingCache(Callback):
@@ -86,16 +86,12 @@ class EncodingCache(Callback):
         store: EncodingStore | None = getattr(dataset, "encodings", None)
         if store is None or not isinstance(batch, dict) or "images_0" not in batch or len(batch["captions"]) == 0:
             return
-        backbone = pl_module.backbone
         cached = batch.pop("cached", None)
         fresh = ~cached if cached is not None else torch.ones(len(batch["captions"]), dtype=torch.bool)
-        with torch.no_grad():
-            dist_0 = backbone.encode_latent_dist(batch.pop("images_0"))
-            dist_1 = backbone.encode_latent_dist(batch.pop("images_1"))
-            text = backbone.encode_text([c for c, f in zip(batch["captions"], fresh.tolist()) if f])
-        store.write(batch["indices"][fresh.to(batch["indices"].device)].tolist(), dist_0, dist_1, text,
-                    batch["original_sizes"][fresh.to(batch["original_sizes"].device)],
-                    batch["crop_top_left"][fresh.to(batch["crop_top_left"].device)])
+        dist_0, dist_1, text = encode_into(
+            store, pl_module.backbone, batch["indices"][fresh.to(batch["indices"].device)].tolist(),
+            batch.pop("images_0"), batch.pop("images_1"), [c for c, f in zip(batch["captions"], fresh.tolist()) if f],
+            *(batch[key][fresh.to(batch[key].device)] for key in ("original_sizes", "crop_top_left")))
         if cached is None:
             batch.update(latent_dists_0=dist_0, latent_dists_1=dist_1, text=text)
             return

@@ -234,6 +234,21 @@ class _Indexed(Dataset):
         return self.indices[i], self.dataset[self.indices[i]]
 
 
+def encode_into(store: EncodingStore, encoder: Encoder, indices: Sequence[int], images_0: Tensor, images_1: Tensor,
+                captions: Sequence[str], original_sizes: Tensor, crops: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Encode a group of items (both images' VAE posteriors, then the captions), write them to ``store`` as items
+    ``indices`` and return the encodings (``latent_dist_0``, ``latent_dist_1``, ``text``) in the group's order.
+
+    ``images_*`` are (B, 3, H, W) in [-1, 1], ``captions`` B strings and ``original_sizes`` / ``crops`` (B, 2), as
+    the data set's items give them. What both the write-through callback and :func:`fill` do with a batch."""
+    with torch.no_grad():
+        latent_dist_0 = encoder.encode_latent_dist(images_0)
+        latent_dist_1 = encoder.encode_latent_dist(images_1)
+        text = encoder.encode_text(list(captions))
+    store.write(indices, latent_dist_0, latent_dist_1, text, original_sizes, crops)
+    return latent_dist_0, latent_dist_1, text
+
+
 def fill(store: EncodingStore, dataset: CacheableDataset, encoder: Encoder, rank: int = 0, world_size: int = 1,
          batch_size: int = 16, num_workers: int = 0) -> None:
     """Encode this process's share (every ``world_size``-th) of the items ``store`` is missing, in one pass."""
@@ -241,24 +256,20 @@ def fill(store: EncodingStore, dataset: CacheableDataset, encoder: Encoder, rank
     missing = missing[missing % world_size == rank]  # by index: shares stay disjoint whatever the others have done
     loader = DataLoader(_Indexed(dataset.uncached(), missing), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=list)
-    with torch.no_grad():
-        for done, batch in enumerate(loader, start=1):
-            for i, item in batch:
-                if item is None:
-                    store.mark_bad(i)
-            kept = [(i, item) for i, item in batch if item is not None]
-            if kept:
-                items = [item for _, item in kept]
-                store.write(
-                    [i for i, _ in kept],
-                    *(encoder.encode_latent_dist(torch.stack([item[f"image_{w}"] for item in items])) for w in (0, 1)),
-                    encoder.encode_text([item["caption"] for item in items]),
-                    torch.stack([item["original_size"] for item in items]),
-                    torch.stack([item["crop_top_left"] for item in items]),
-                )
-            if done % 50 == 0:
-                logger.info("encoding cache %s: %d of %d items (process %d)", store.path.name,
-                            min(done * batch_size, len(missing)), len(missing), rank)
+    for done, batch in enumerate(loader, start=1):
+        for i, item in batch:
+            if item is None:
+                store.mark_bad(i)
+        kept = [(i, item) for i, item in batch if item is not None]
+        if kept:
+            items = [item for _, item in kept]
+            encode_into(store, encoder, [i for i, _ in kept],
+                        *(torch.stack([item[key] for item in items]) for key in ("image_0", "image_1")),
+                        [item["caption"] for item in items],
+                        *(torch.stack([item[key] for item in items]) for key in ("original_size", "crop_top_left")))
+        if done % 50 == 0:
+            logger.info("encoding cache %s: %d of %d items (process %d)", store.path.name,
+                        min(done * batch_size, len(missing)), len(missing), rank)
     store.flush()
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_pref.backbone import DiffusionBackbone
-from lit_pref.losses import ClippedPPOLoss, PPOLoss
+from lit_pref.losses import PPOLoss
 from lit_pref.modules.ppo import PPOModule, PPOSettings
 from lit_pref.rewards import Scorer
 
@@ -38,7 +37,7 @@ class DDPO(PPOModule):
         num_inference_steps: int = 50,
         guidance_scale: float = 5.0,
         ppo: PPOSettings = PPOSettings(),
-        loss: PPOLoss = lazy_instance(ClippedPPOLoss),
+        loss: PPOLoss | None = None,
     ) -> None:
         """
         Args:
@@ -50,8 +49,8 @@ class DDPO(PPOModule):
             num_inference_steps: DDIM steps of every sampled chain (ddpo: 50).
             guidance_scale: Classifier-free guidance scale of the sampled chains (ddpo: 5.0).
             ppo: Policy-gradient settings (K = ``ppo.num_images`` chains per prompt of a batch).
-            loss: The policy-gradient loss on each stored step; any ``lit_pref.losses.PPOLoss`` (DDPO's clipped
-                PPO objective by default).
+            loss: The policy-gradient loss on each stored step; any ``lit_pref.losses.PPOLoss`` (``None``:
+                ``ClippedPPOLoss()``, DDPO's clipped PPO objective).
         """
         super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale, ppo, loss)
         self.scorer = scorer  # a plain attribute, never a registered submodule

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
@@ -87,8 +86,8 @@ class OnlineTrajectoryDPO(LoRAModule):
         self,
         backbone: DiffusionBackbone,
         scorer: Scorer,
-        loss: TrajectoryLoss = lazy_instance(DenseDPOLoss),
-        step_weights: StepWeights = lazy_instance(UniformSteps),
+        loss: TrajectoryLoss | None = None,
+        step_weights: StepWeights | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         num_inference_steps: int = 50,
@@ -102,9 +101,10 @@ class OnlineTrajectoryDPO(LoRAModule):
             backbone: The diffusion model with LoRA adapters (policy; adapters off = the initial model).
             scorer: The preference source, any ``lit_pref.rewards.Scorer`` (a reward model, or the toy world's
                 hidden reward). Held as a plain attribute, never a registered submodule.
-            loss: The trajectory loss on the drawn steps' log-probs; any ``lit_pref.losses.TrajectoryLoss``.
+            loss: The trajectory loss on the drawn steps' log-probs; any ``lit_pref.losses.TrajectoryLoss``
+                (``None``: ``DenseDPOLoss()``).
             step_weights: How likely each step of a chain is drawn; any ``lit_pref.losses.StepWeights``
-                (``UniformSteps``: the whole chain alike; ``DiscountedSteps``: the dense reward view).
+                (``None``: ``UniformSteps()``, the whole chain alike; ``DiscountedSteps``: the dense reward view).
             optimizer: Optimizer factory, called with the LoRA parameters only.
             scheduler: Learning-rate scheduler factory, stepped every optimizer step; ``None`` = constant.
             num_inference_steps: N, the chain length: DDIM steps of collection and ``predict``.
@@ -117,8 +117,8 @@ class OnlineTrajectoryDPO(LoRAModule):
         """
         super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale, max_nonfinite_steps)
         self.scorer = scorer
-        self.loss = loss
-        self.step_weights = step_weights
+        self.loss = loss if loss is not None else DenseDPOLoss()
+        self.step_weights = step_weights if step_weights is not None else UniformSteps()
         self.trajectory = trajectory
         self.buffer = ReplayBuffer(trajectory.buffer_capacity)
         self._collected_at: int | None = None

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
@@ -95,7 +94,7 @@ class PPOModule(LoRAModule):
         num_inference_steps: int = 50,
         guidance_scale: float = 5.0,
         ppo: PPOSettings = PPOSettings(),
-        loss: PPOLoss = lazy_instance(ClippedPPOLoss),
+        loss: PPOLoss | None = None,
     ) -> None:
         """
         Args:
@@ -105,12 +104,13 @@ class PPOModule(LoRAModule):
             num_inference_steps: DDIM steps of every sampled chain (ddpo: 50).
             guidance_scale: Classifier-free guidance scale of the sampled chains (ddpo: 5.0).
             ppo: Policy-gradient settings.
-            loss: The policy-gradient loss on each stored step; any ``lit_pref.losses.PPOLoss``.
+            loss: The policy-gradient loss on each stored step; any ``lit_pref.losses.PPOLoss``
+                (``None``: ``ClippedPPOLoss()``, DDPO's clipped objective).
         """
         super().__init__(backbone, optimizer, scheduler, num_inference_steps, guidance_scale)
         self.automatic_optimization = False
         self.ppo = ppo
-        self.loss = loss
+        self.loss = loss if loss is not None else ClippedPPOLoss()
         self.tracker = PerPromptStatTracker(ppo.buffer_size, ppo.min_count)
 
     # ------------------------------------------------------------------ sampling and log-probs

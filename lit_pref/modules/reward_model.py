@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
@@ -46,7 +45,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
         clip_model: str = "ViT-L-14",
         clip_pretrained: str | None = "openai",
         hidden_dim: int = 256,
-        loss: RewardLoss = lazy_instance(BradleyTerryLoss),
+        loss: RewardLoss | None = None,
         ties: Literal["drop", "keep_first", "raise"] = "drop",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         export_dir: str | None = None,
@@ -60,7 +59,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
             clip_pretrained: Pretrained tag or checkpoint of ``clip_model`` (``None`` for folders and ``"toy"``).
             hidden_dim: Width of the head's hidden layer; 0 for a linear head.
             loss: The loss on the head's scores of winners and losers; any ``lit_pref.losses.RewardLoss``
-                (the Bradley-Terry loss by default).
+                (``None``: ``BradleyTerryLoss()``).
             ties: Pairs with ``label_0 == 0.5``: ``drop`` (counted as ``train/ties_dropped``), ``keep_first``
                 (image 0 as winner), or ``raise``.
             optimizer: Optimizer factory, called with the head's parameters.
@@ -88,7 +87,7 @@ class RewardModel(EmptyBatchGuard, LightningModule):
         self.patch_grid = patch_grid
         grid_dim = patch_width(self.clip) * patch_grid**2 if patch_grid else 0
         self.head = RewardHead(embed_dim, hidden_dim, grid_dim)
-        self.loss = loss
+        self.loss = loss if loss is not None else BradleyTerryLoss()
         self.ties = ties
         self.optimizer = optimizer
         self.export_dir = export_dir

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
@@ -46,7 +45,7 @@ class TrajectoryDPO(LoRAModule):
     def __init__(
         self,
         backbone: DiffusionBackbone,
-        loss: PairLoss = lazy_instance(DiffusionDPOLoss),
+        loss: PairLoss | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         ties: TiesPolicy = "drop",
@@ -56,14 +55,15 @@ class TrajectoryDPO(LoRAModule):
         guidance_scale: float = 7.5,
         timestep_grid: Literal["train", "inference"] = "train",
         timestep_range: tuple[float, float] = (0.0, 1.0),
-        step_weights: StepWeights = lazy_instance(UniformSteps),
+        step_weights: StepWeights | None = None,
         max_nonfinite_steps: int = 10,
         seed: int | None = None,
     ) -> None:
         """
         Args:
             backbone: The diffusion model with LoRA adapters (policy; adapters off = reference).
-            loss: The pair loss on per-sample errors; any ``lit_pref.losses.PairLoss`` subclass.
+            loss: The pair loss on per-sample errors; any ``lit_pref.losses.PairLoss`` subclass (``None``:
+                ``DiffusionDPOLoss()``).
             optimizer: Optimizer factory, called with the LoRA parameters only.
             scheduler: Learning-rate scheduler factory, stepped every optimizer step; ``None`` = constant.
             ties: Pairs with ``label_0 == 0.5``: ``drop`` them (counted as ``train/ties_dropped``, as the
@@ -81,7 +81,7 @@ class TrajectoryDPO(LoRAModule):
                 ``round(high * T) - 1`` only (T training timesteps); ``(0.6, 1.0)`` trains on the noisiest 40%,
                 where a toy image's layout is decided. ``(0, 1)``: all of them (the paper).
             step_weights: ``"inference"`` grid: the probability of each DDIM step, any
-                ``lit_pref.losses.StepWeights`` (``UniformSteps``; ``DiscountedSteps``: the dense reward view).
+                ``lit_pref.losses.StepWeights`` (``None``: ``UniformSteps()``; ``DiscountedSteps``: the dense reward view).
             max_nonfinite_steps: Optimizer steps with a NaN/inf loss that are skipped (counted as
                 ``train/skipped_nonfinite``) before training stops with an error; 0 stops at the first.
             seed: Seed of the per-pair draws in training (see above); ``None``: the run's
@@ -94,7 +94,7 @@ class TrajectoryDPO(LoRAModule):
                                      ("timestep_grid", timestep_grid, ("train", "inference"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-        self.loss = loss
+        self.loss = loss if loss is not None else DiffusionDPOLoss()
         self.ties = ties
         self.proportion_empty_prompts = proportion_empty_prompts
         self.val_seed = val_seed
@@ -103,6 +103,7 @@ class TrajectoryDPO(LoRAModule):
             raise ValueError(f"timestep_range must satisfy 0 <= low < high <= 1, got {tuple(timestep_range)}")
         if timestep_grid != "train" and tuple(timestep_range) != (0.0, 1.0):
             raise ValueError("timestep_range applies to timestep_grid='train' only")
+        step_weights = step_weights if step_weights is not None else UniformSteps()
         if timestep_grid == "train" and not isinstance(step_weights, UniformSteps):
             raise ValueError(f"step_weights ({step_weights!r}) applies to timestep_grid='inference' only")
         self.timestep_grid = timestep_grid

@@ -8,14 +8,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from PIL import Image
 from torch import Tensor
 
 from lit_pref.formats.dialogues import Dialogue, Turn
 from lit_pref.backbone import DiffusionBackbone
-from lit_pref.losses import ClippedPPOLoss, PPOLoss
+from lit_pref.losses import PPOLoss
 from lit_pref.modules.ppo import PPOModule, PPOSettings
 from lit_pref.rewards import Scorer
 from lit_pref.rewards.vca import TERMS, VCAReward
@@ -67,14 +66,14 @@ class VCAPPO(PPOModule):
         backbone: DiffusionBackbone,
         reward: VCAReward,
         users: DialogueUsers | None = None,
-        refiner: PromptRefiner = lazy_instance(TemplateRefiner),
+        refiner: PromptRefiner | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         num_rounds: int = 5,
         num_inference_steps: int = 50,
         guidance_scale: float = 5.0,
         ppo: PPOSettings = PPOSettings(),
-        loss: PPOLoss = lazy_instance(ClippedPPOLoss),
+        loss: PPOLoss | None = None,
         hidden_reward: Scorer | None = None,
     ) -> None:
         """
@@ -83,15 +82,15 @@ class VCAPPO(PPOModule):
             reward: The VCA-style reward terms and their weight schedule (``lit_pref.rewards.VCAReward``).
             users: Makes each dialogue's simulated user (``lit_pref.toy.dialogue_users.ToyDialogueUsers`` on the
                 toy world, ``ScorerDialogueUsers`` for real prompts); ``None`` replays the recorded dialogues.
-            refiner: Turns (P_t, feedback, history) into P_{t+1} (play only).
+            refiner: Turns (P_t, feedback, history) into P_{t+1} (play only; ``None``: ``TemplateRefiner()``).
             optimizer: Optimizer factory, called with the LoRA parameters only.
             scheduler: Learning-rate scheduler factory, stepped every optimizer step; ``None`` = constant.
             num_rounds: T, rounds played per dialogue.
             num_inference_steps: DDIM steps of every sampled chain (ddpo: 50).
             guidance_scale: Classifier-free guidance scale of the sampled chains (ddpo: 5.0).
             ppo: Policy-gradient settings.
-            loss: The policy-gradient loss on each stored step; any ``lit_pref.losses.PPOLoss`` (DDPO's clipped
-                PPO objective by default).
+            loss: The policy-gradient loss on each stored step; any ``lit_pref.losses.PPOLoss`` (``None``:
+                ``ClippedPPOLoss()``, DDPO's clipped PPO objective).
             hidden_reward: A ground-truth scorer to log (not trained on), scored against each user's
                 ``target_caption`` (``lit_pref.toy.ToyGroundTruthReward`` on the toy world); play only.
         """
@@ -102,7 +101,7 @@ class VCAPPO(PPOModule):
             raise ValueError("hidden_reward is scored against simulated users' targets: give users, or no hidden_reward")
         self.reward = reward  # plain attributes, never registered submodules
         self.users = users
-        self.refiner = refiner
+        self.refiner = refiner if refiner is not None else TemplateRefiner()
         self.hidden_reward = hidden_reward
         self.num_rounds = num_rounds
 
