@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
+from safetensors.torch import load_file
 
 from conftest import read_events
 from lit_pref.datamodules import DialogueDataModule, DialogueFormatError, PreferencePairDataset
@@ -126,3 +127,17 @@ def test_reward_model_trains_straight_from_a_dialogue_file(tmp_path):
     assert (tmp_path / "export" / "config.json").is_file()
     tags = read_events(tmp_path / "rm" / "version_0").Tags()["scalars"]
     assert {"train/loss", "train/satisfaction_mse", "data/dialogue_rounds_without_pairs"} <= set(tags)
+
+
+def test_trajectory_dpo_dialogues_config_trains_the_policy_from_a_recorded_dialogue_file(tmp_path, run_cli):
+    make_toy_dialogues(tmp_path / "train.jsonl", 8, seed=0, save_images=True)
+    run_cli("fit", "--config", "configs/toy/trajectory_dpo_dialogues.yaml",
+            "--data.init_args.train_path", str(tmp_path / "train.jsonl"), "--trainer.max_steps", "2",
+            "--trainer.log_every_n_steps", "1",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"))
+    run = tmp_path / "runs" / "toy_trajectory_dpo_dialogues" / "version_0"
+    tags = set(read_events(run).Tags()["scalars"])
+    assert {"train/loss", "data/dialogue_rounds_without_pairs"} <= tags
+    lora = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
+    up = [v for k, v in lora.items() if "lora_B" in k or "lora.up" in k]
+    assert up and any(v.abs().sum() > 0 for v in up)  # B starts at zero: two DPO steps on the dialogue pairs moved it
