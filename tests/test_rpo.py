@@ -92,6 +92,20 @@ def test_toy_editor_carries_out_the_critics_instructions():
     assert torch.equal(editor.edit(wrong, ["paint a moustache on it"], prompt), wrong)  # not understood: unchanged
 
 
+
+def test_taste_blind_critic_never_asks_for_the_centre_and_its_missing_shape_lands_anywhere():
+    blind, editor, judge = ToyCritic(centre_tolerance=None), ToyEditor(), ToyJudge()
+    prompt = "a small red circle on a white background"
+    critique = blind.critique(torch.zeros(3, 32, 32), prompt)
+    assert critique.instructions == ["draw a small red circle", "make the background white"]
+    assert critique.regions[0] == [(0.0, 0.0, 1.0, 1.0)]  # the shape may go anywhere
+    drawn = [editor.edit(torch.zeros(3, 32, 32), critique.instructions, prompt, seed=s) for s in range(8)]
+    readings = [judge.read(image[None])[0] for image in drawn]
+    assert all((r.colour, r.shape, r.size, r.background) == ("red", "circle", "small", "white") for r in readings)
+    offsets = [math.dist(r.center, (16.0, 16.0)) for r in readings]
+    assert max(offsets) > 4.0 and len({tuple(r.center) for r in readings}) == 8  # not all centred: placed by seed
+    assert torch.equal(editor.edit(torch.zeros(3, 32, 32), critique.instructions, prompt, seed=3), drawn[3])
+
 # ---------------------------------------------------------------------- the synthesizer and its parquet
 def test_synthesized_parquet_reads_back_through_the_datamodule_intact(tmp_path, toy):
     out = tmp_path / "pairs"

@@ -8,7 +8,9 @@ critic's words must be ones a real editor understands.
 What the critic knows: the caption grammar (colour, shape, size, background) and one rule of composition, "a
 subject is best centred". That rule is also the toy world's hidden human's taste, on purpose: it stands for the
 part of people's taste that a vision-language critic knows from its training (a real VLM critic knows about
-framing, anatomy and artifacts). It never sees the hidden reward or its weights.
+framing, anatomy and artifacts). It never sees the hidden reward or its weights. ``ToyCritic(centre_tolerance=None)``
+is the critic without that rule (taste-blind): it checks the prompt's attributes only and never says where a shape
+should go.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ def background_instruction(background: str) -> str:
     return f"make the background {background}"
 
 
-def draw_instruction(size: str, colour: str, shape: str) -> str:
-    return f"draw a {size} {colour} {shape} in the centre"
+def draw_instruction(size: str, colour: str, shape: str, centred: bool = True) -> str:
+    return f"draw a {size} {colour} {shape}" + (" in the centre" if centred else "")
 
 
 CENTRE_INSTRUCTION = "move the shape to the centre"
@@ -59,7 +61,7 @@ _GRAMMAR = [
     (re.compile(rf"change the (?:{_WORDS['shape']}) into a ({_WORDS['shape']})"), "shape"),
     (re.compile(rf"make the shape ({_WORDS['size']})"), "size"),
     (re.compile(rf"make the background ({_WORDS['background']})"), "background"),
-    (re.compile(rf"draw a ({_WORDS['size']}) ({_WORDS['colour']}) ({_WORDS['shape']}) in the centre"), "draw"),
+    (re.compile(rf"draw a ({_WORDS['size']}) ({_WORDS['colour']}) ({_WORDS['shape']})( in the centre)?"), "draw"),
     (re.compile(re.escape(CENTRE_INSTRUCTION)), "centre"),
 ]
 
@@ -106,19 +108,20 @@ class ToyCritic(Critic):
 
     Every attribute the prompt names (colour, shape, size, background) that the image gets wrong is an issue with
     its fix ("the shape is a circle but the prompt asks for a triangle" -> "change the circle into a triangle"); an
-    image without a shape gets "draw a ... in the centre"; a shape whose centroid is farther than
-    ``centre_tolerance`` half-diagonals from the image centre gets "move the shape to the centre". A prompt outside
-    the toy grammar gets a critique without instructions.
+    image without a shape gets "draw a ... in the centre" (taste-blind, ``centre_tolerance=None``: "draw a ...",
+    anywhere); a shape whose centroid is farther than ``centre_tolerance`` half-diagonals from the image centre gets
+    "move the shape to the centre". A prompt outside the toy grammar gets a critique without instructions.
 
     Each instruction comes with its kind and region, as a grounding VLM gives them: colour, shape and size fixes are
     ``local`` to the shape's bounding box (for a new shape or size, the union of the old and new boxes), a move is
     ``composition`` over where the shape is and where it goes, a background change is ``global`` without a region,
-    and drawing a missing shape is ``local`` to the box it will occupy in the centre.
+    and drawing a missing shape is ``local`` to the box it will occupy in the centre (taste-blind: the whole
+    image, as the shape may go anywhere).
 
     Args:
         centre_tolerance: Largest distance of the shape's centroid from the image centre, as a fraction of the
             half-diagonal, that the critic accepts as centred; ``None`` switches the composition rule off (the
-            critic then judges fidelity to the prompt only).
+            critic then judges fidelity to the prompt only, and a missing shape may be drawn anywhere).
         judge: The judge that reads the images; ``None``: ``ToyJudge()``.
     """
 
@@ -137,8 +140,10 @@ class ToyCritic(Critic):
                      f"{wanted.colour} {wanted.shape}")
             height, width = image.shape[-2:]
             low, high = (bound * max(height, width) for bound in SIZE_RANGES[wanted.size])
-            target = shape_box((height / 2, width / 2), (low + high) / 2, wanted.shape, height, width)
-            instructions = [draw_instruction(wanted.size, wanted.colour, wanted.shape)]
+            centred = self.centre_tolerance is not None
+            target = (shape_box((height / 2, width / 2), (low + high) / 2, wanted.shape, height, width) if centred
+                      else (0.0, 0.0, 1.0, 1.0))
+            instructions = [draw_instruction(wanted.size, wanted.colour, wanted.shape, centred)]
             regions, kinds = [[target]], ["local"]
             if background != wanted.background:
                 instructions.append(background_instruction(wanted.background))
@@ -200,7 +205,8 @@ class ToyEditor(Editor):
     The scene is read with the judge (colour, shape, size class and side, background, centroid); each instruction of
     the toy grammar changes one attribute (``make the shape red``, ``change the circle into a triangle``, ``make the
     shape large``, ``make the background white``, ``move the shape to the centre``, ``draw a small red circle in the
-    centre``). A move alone shifts the image's own pixels by whole pixels so that the centroid lands on the centre:
+    centre``, ``draw a small red circle``: anywhere, its centroid drawn uniformly where the shape fits, from
+    ``seed``). A move alone shifts the image's own pixels by whole pixels so that the centroid lands on the centre:
     the pair then differs in position only, as a good instruction editor's minimal edit would. Any other change
     redraws the scene as the toy world's renderer draws its training images, with the attributes no instruction names
     kept as read (the side within its size class; a new size class gets the middle of its range; "centre" puts the
@@ -209,7 +215,8 @@ class ToyEditor(Editor):
 
     A programmatic edit rather than SDEdit with the toy base: the toy text encoder knows only captions, so there is
     no "corrected prompt" that says *where* a shape should be, and re-noising toward the same caption only re-rolls
-    the sample (small gains, mostly chance). The edit is deterministic, so ``seed`` is unused.
+    the sample (small gains, mostly chance). The edit is deterministic given ``seed``, which only an un-located
+    "draw" uses (``None``: 0).
 
     Args:
         judge: The judge that reads the scene; ``None``: ``ToyJudge()``.
@@ -217,6 +224,14 @@ class ToyEditor(Editor):
 
     def __init__(self, judge: ToyJudge | None = None) -> None:
         self.judge = judge if judge is not None else ToyJudge()
+
+    @staticmethod
+    def _anywhere(size: str, height: int, width: int, seed: int | None) -> tuple[float, float]:
+        """A centroid drawn uniformly where a shape of ``size`` (the middle of its range) fits, from ``seed``."""
+        low, high = (bound * max(height, width) for bound in SIZE_RANGES[size])
+        half = (low + high) / 4
+        u = torch.rand(2, generator=torch.Generator().manual_seed(0 if seed is None else seed))
+        return half + float(u[0]) * (height - 2 * half), half + float(u[1]) * (width - 2 * half)
 
     def edit(self, image: Tensor, instructions: list[str], prompt: str, seed: int | None = None) -> Tensor:
         height, width = image.shape[-2:]
@@ -237,8 +252,9 @@ class ToyEditor(Editor):
                     continue
                 understood = True
                 if action == "draw":
-                    size, colour, shape = match.groups()
-                    scene.update(size=size, colour=colour, shape=shape, side=None, centroid=(height / 2, width / 2))
+                    size, colour, shape, centre = match.groups()
+                    centroid = (height / 2, width / 2) if centre else self._anywhere(size, height, width, seed)
+                    scene.update(size=size, colour=colour, shape=shape, side=None, centroid=centroid)
                 elif action == "centre":
                     scene["centroid"] = (height / 2, width / 2)
                 elif action == "size" and match.group(1) != scene.get("size"):
