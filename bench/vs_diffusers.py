@@ -122,7 +122,7 @@ def run(command: list[str], log: Path) -> tuple[float, float, float]:
 def commands(args: Namespace, work: Path, model: Path, data: Path) -> dict:
     """For each variant, a function of (steps, run id) giving its command line."""
     def diffusers(steps: int, tag: str) -> list[str]:
-        return [args.script_python, args.script, "--pretrained_model_name_or_path", str(model),
+        return [args.script_python, str(Path(args.script).resolve()), "--pretrained_model_name_or_path", str(model),
                 "--dataset_name", str(data), "--dataset_split_name", "train", "--resolution", str(args.resolution),
                 "--train_batch_size", str(args.pairs), "--rank", "4", "--mixed_precision", "no",
                 "--dataloader_num_workers", "0", "--report_to", "tensorboard", "--learning_rate", "1e-5",
