@@ -1,8 +1,9 @@
-"""Step weightings as injectable components: how much each step of an N-step reverse chain counts.
+"""Which steps a loss trains on: step weightings as injectable components, and training-timestep ranges.
 
 A step weighting maps the chain length N to N probabilities, k = 0 the first (noisiest) step. The online
 trajectory module draws the K steps of each comparison from them; the offline pair module, on the
-``"inference"`` timestep grid, draws each pair's timestep from them (docs/methods.md §1-§2).
+``"inference"`` timestep grid, draws each pair's timestep from them (docs/methods.md §1-§2). On the ``"train"``
+grid a timestep range narrows the draws to a band of the training timesteps (:func:`timestep_bounds`).
 """
 
 from __future__ import annotations
@@ -54,3 +55,21 @@ class DiscountedSteps(StepWeights):
 
     def __repr__(self) -> str:
         return f"DiscountedSteps(gamma={self.gamma})"
+
+
+def check_timestep_range(timestep_range: tuple[float, float]) -> tuple[float, float]:
+    """``timestep_range`` as floats ``(low, high)``: fractions of the training timesteps, ``0 <= low < high <= 1``
+    (``(0.6, 1.0)``: the noisiest 40%). Raises ``ValueError`` otherwise."""
+    low, high = timestep_range
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"timestep_range must satisfy 0 <= low < high <= 1, got {tuple(timestep_range)}")
+    return float(low), float(high)
+
+
+def timestep_bounds(timestep_range: tuple[float, float], num_train_timesteps: int) -> tuple[int, int]:
+    """The training timesteps ``[low, high)`` the fractions ``timestep_range`` select of ``num_train_timesteps``:
+    ``round(low * T)`` to ``round(high * T) - 1``. Raises ``ValueError`` if that holds no timestep."""
+    low, high = (round(f * num_train_timesteps) for f in check_timestep_range(timestep_range))
+    if high <= low:
+        raise ValueError(f"timestep_range {tuple(timestep_range)} holds no timestep of {num_train_timesteps}")
+    return low, high

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from lit_pref.backbone import DiffusionBackbone, repeat_conditioning
 from lit_pref.losses import DiffusionDPOLoss, PairLoss, StepWeights, UniformSteps
+from lit_pref.losses.step_weights import check_timestep_range, timestep_bounds
 from lit_pref.modules.base import LoRAModule
 
 TiesPolicy = Literal["drop", "keep_first", "raise"]
@@ -98,16 +99,14 @@ class TrajectoryDPO(LoRAModule):
         self.ties = ties
         self.proportion_empty_prompts = proportion_empty_prompts
         self.val_seed = val_seed
-        low, high = timestep_range
-        if not 0.0 <= low < high <= 1.0:
-            raise ValueError(f"timestep_range must satisfy 0 <= low < high <= 1, got {tuple(timestep_range)}")
+        timestep_range = check_timestep_range(timestep_range)
         if timestep_grid != "train" and tuple(timestep_range) != (0.0, 1.0):
             raise ValueError("timestep_range applies to timestep_grid='train' only")
         step_weights = step_weights if step_weights is not None else UniformSteps()
         if timestep_grid == "train" and not isinstance(step_weights, UniformSteps):
             raise ValueError(f"step_weights ({step_weights!r}) applies to timestep_grid='inference' only")
         self.timestep_grid = timestep_grid
-        self.timestep_range = (float(low), float(high))
+        self.timestep_range = timestep_range
         self.step_weights = step_weights
         self.seed = seed
 
@@ -125,9 +124,7 @@ class TrajectoryDPO(LoRAModule):
         device = generator.device if generator is not None else self.device
         if self.timestep_grid == "train":
             num_train = self.backbone.noise_scheduler.config.num_train_timesteps
-            low, high = (round(f * num_train) for f in self.timestep_range)
-            if high <= low:
-                raise ValueError(f"timestep_range {self.timestep_range} holds no timestep of {num_train}")
+            low, high = timestep_bounds(self.timestep_range, num_train)
             steps = torch.randint(low, high, (batch_size,), device=device, generator=generator)
             return steps.to(self.device)
         weights = self.step_weights(self.num_inference_steps).to(device)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses.dpo import diffusion_dpo_loss
+from lit_pref.losses.step_weights import check_timestep_range, timestep_bounds
 
 __all__ = ["AdaptStats", "LiveAdapter"]
 
@@ -63,12 +64,9 @@ class LiveAdapter:
                  seed: int = 0) -> None:
         if updates < 1:
             raise ValueError(f"updates must be at least 1, got {updates}")
-        low, high = timestep_range
-        if not 0.0 <= low < high <= 1.0:
-            raise ValueError(f"timestep_range must satisfy 0 <= low < high <= 1, got {tuple(timestep_range)}")
+        self.timestep_range = check_timestep_range(timestep_range)
         if history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
-        self.timestep_range = (float(low), float(high))
         self.history = history
         self.rounds: list[tuple[Tensor, Tensor, list[str]]] = []  # the session's (winners, losers, prompts), newest last
         self.backbone = backbone
@@ -128,7 +126,7 @@ class LiveAdapter:
             cond = backbone.encode_prompts([p for _, _, prompts in self.rounds for p in prompts] * 2)
         losses = []
         num_train = backbone.noise_scheduler.config.num_train_timesteps
-        low, high = (round(f * num_train) for f in self.timestep_range)
+        low, high = timestep_bounds(self.timestep_range, num_train)
         for _ in range(self.updates):
             t = torch.randint(low, high, (len(lat_w),), generator=self.generator).to(device)
             noise = torch.randn(lat_w.shape, generator=self.generator).to(device, lat_w.dtype)
