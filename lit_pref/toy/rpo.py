@@ -56,6 +56,14 @@ def draw_instruction(size: str, colour: str, shape: str, centred: bool = True) -
 
 CENTRE_INSTRUCTION = "move the shape to the centre"
 
+
+def middle_side(size: str, resolution: int) -> float:
+    """The side, in pixels, in the middle of a size class's range at ``resolution``: what a new shape of that size
+    gets."""
+    low, high = (bound * resolution for bound in SIZE_RANGES[size])
+    return (low + high) / 2
+
+
 _GRAMMAR = [
     (re.compile(rf"make the shape ({_WORDS['colour']})"), "colour"),
     (re.compile(rf"change the (?:{_WORDS['shape']}) into a ({_WORDS['shape']})"), "shape"),
@@ -139,9 +147,9 @@ class ToyCritic(Critic):
             issue = (f"the image shows no shape but the prompt asks for {_article(wanted.size)} {wanted.size} "
                      f"{wanted.colour} {wanted.shape}")
             height, width = image.shape[-2:]
-            low, high = (bound * max(height, width) for bound in SIZE_RANGES[wanted.size])
             centred = self.centre_tolerance is not None
-            target = (shape_box((height / 2, width / 2), (low + high) / 2, wanted.shape, height, width) if centred
+            target = (shape_box((height / 2, width / 2), middle_side(wanted.size, max(height, width)), wanted.shape,
+                                height, width) if centred
                       else (0.0, 0.0, 1.0, 1.0))
             instructions = [draw_instruction(wanted.size, wanted.colour, wanted.shape, centred)]
             regions, kinds = [[target]], ["local"]
@@ -175,8 +183,8 @@ class ToyCritic(Critic):
         if size != wanted.size:
             issues.append(f"the shape is {size} but the prompt asks for a {wanted.size} one")
             instructions.append(size_instruction(wanted.size))
-            low, high = (bound * max(height, width) for bound in SIZE_RANGES[wanted.size])
-            regions.append([box, shape_box(centroid, (low + high) / 2, wanted.shape, height, width)])
+            regions.append([box, shape_box(centroid, middle_side(wanted.size, max(height, width)), wanted.shape, height,
+                                           width)])
             kinds.append("local")
         if background != wanted.background:
             issues.append(f"the background is {background} but the prompt asks for {wanted.background}")
@@ -228,8 +236,7 @@ class ToyEditor(Editor):
     @staticmethod
     def _anywhere(size: str, height: int, width: int, seed: int | None) -> tuple[float, float]:
         """A centroid drawn uniformly where a shape of ``size`` (the middle of its range) fits, from ``seed``."""
-        low, high = (bound * max(height, width) for bound in SIZE_RANGES[size])
-        half = (low + high) / 4
+        half = middle_side(size, max(height, width)) / 2
         u = torch.rand(2, generator=torch.Generator().manual_seed(0 if seed is None else seed))
         return half + float(u[0]) * (height - 2 * half), half + float(u[1]) * (width - 2 * half)
 
