@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 from jsonargparse import Namespace, lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -18,6 +19,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lit_pref import callbacks
 from lit_pref import datamodules
 import lit_pref.modules
+from lit_pref.callbacks.progress import StepProgressBar
 from lit_pref.callbacks.run_summary import RunSummary
 from lit_pref.callbacks.tensorboard_layout import TensorBoardLayout
 from lit_pref.checkpointing import AtomicCheckpointIO, FinalLastCheckpoint
@@ -69,7 +71,8 @@ class LitPrefCLI(LightningCLI):
     ``last.ckpt`` always holds the final state (:class:`lit_pref.checkpointing.FinalLastCheckpoint`). Data paths
     (``data.init_args.path`` / ``*_path``) and ``ckpt_path`` are checked before anything is built, so a wrong path
     costs no model load and leaves no run folder. Every run writes a TensorBoard layout (:class:`lit_pref.callbacks.TensorBoardLayout`) and ends with a
-    summary (:class:`lit_pref.callbacks.RunSummary`). The logger is TensorBoard under ``runs/`` unless
+    summary (:class:`lit_pref.callbacks.RunSummary`); its progress bar, unless ``trainer.callbacks`` names one or
+    ``trainer.enable_progress_bar`` is false, is :class:`lit_pref.callbacks.StepProgressBar`. The logger is TensorBoard under ``runs/`` unless
     ``trainer.logger`` names another (or ``false``); a config sets only the run's folder name,
     ``trainer.logger.init_args.name``, so runs land in ``runs/<name>/version_N``.
     """
@@ -101,6 +104,11 @@ class LitPrefCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        callback_list = kwargs.get("callbacks", self._get(self.config_init, "trainer.callbacks")) or []
+        callback_list = list(callback_list) if isinstance(callback_list, (list, tuple)) else [callback_list]
+        wants_bar = self._get(self.config_init, "trainer.enable_progress_bar") is not False
+        if wants_bar and not any(isinstance(c, ProgressBar) for c in callback_list):
+            kwargs["callbacks"] = [*callback_list, StepProgressBar()]
         return super().instantiate_trainer(**kwargs)
 
 
