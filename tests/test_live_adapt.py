@@ -116,6 +116,13 @@ def test_fresh_optimizer_lets_a_reversed_choice_move_the_other_way(toy_round):
     assert gaps[True] > gaps[False]
 
 
+def test_interact_passes_the_history_and_fresh_optimizer_options_to_the_adapter(tmp_path):
+    cfg = parse_args([*FAST, "--output", str(tmp_path / "d.jsonl"), "--adapt", "true", "--adapt_history", "null",
+                      "--adapt_fresh_optimizer", "true"])
+    adapter = studio_from_args(cfg).adapter
+    assert adapter.history is None and adapter.fresh_optimizer is True
+
+
 def test_history_none_trains_on_every_round_of_the_session(toy_round):
     backbone, images = toy_round
     adapter = LiveAdapter(backbone, updates=1, history=None)
