@@ -3,7 +3,8 @@
     python bench/vca_rounds.py                                    # the toy base model
     python bench/vca_rounds.py --lora runs/vca/version_0/lora     # the base and the LoRA, same dialogues and noise
     python bench/vca_rounds.py --adapt --seeds 10 11 12           # also the base adapting live, as interact --adapt
-    python bench/vca_rounds.py --lora LORA --no_base --seeds 11   # the LoRA only (base rounds: fixed by the seed)
+    python bench/vca_rounds.py --seeds 10 11 12 --save runs/rounds_base.json       # the base, per dialogue
+    python bench/vca_rounds.py --adapt --baseline runs/rounds_base.json --seeds 10 11 12   # paired, base not re-run
 
 Each dialogue starts from :func:`lit_pref.toy.toy_start` (a hidden target caption; an initial prompt that differs
 in 1-3 attributes) and is played by :func:`lit_pref.vca.play_dialogue`: K images of the current prompt from the
@@ -18,13 +19,21 @@ ignored), and generated images per second. With ``--adapt`` the base model also 
 after each choice ``--adapt_updates`` DPO steps on the pairs of the latest ``--adapt_history`` rounds at the
 timesteps of ``--adapt_timestep_range``; the LoRA is reset for every dialogue), and the seconds per adaptation step
 are reported. ``--seeds`` repeats everything for several seeds of the dialogue starts and noise.
+
+Every model is also compared with the base dialogue by dialogue (the same starts and noise): the mean difference of
+rounds-to-target (model - base, unreached = max+1) pooled over the dialogues of all seeds, with a 95% bootstrap
+interval over dialogues, and how many dialogues got fewer, more or equal rounds. ``--save FILE`` writes every model's
+per-dialogue rounds (JSON); ``--baseline FILE`` reads the base's from such a file instead of playing it again (the
+settings and seeds must match).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
+from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 import numpy as np
@@ -55,7 +64,7 @@ def play(backbone: DiffusionBackbone, starts: list[tuple[str, str]], rounds: int
          guidance: float, seed: int = 0, adapter: LiveAdapter | None = None) -> dict:
     """Plays every dialogue (adapting live with ``adapter``); returns rounds-to-target statistics and images/s."""
     reached, attributes, images, adapt_seconds = [], [], 0, []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i, (target, initial) in enumerate(starts):
         def generate(prompt: str, t: int) -> torch.Tensor:
             generators = [torch.Generator(backbone.device).manual_seed(10**9 * seed + 1_000_000 * i + 1000 * t + j)
@@ -77,16 +86,51 @@ def play(backbone: DiffusionBackbone, starts: list[tuple[str, str]], rounds: int
         attributes.append(first)
     seconds = time.perf_counter() - start
     done = [r for r in reached if r is not None]
+    capped = [r if r is not None else rounds + 1 for r in reached]
+    attributes_capped = [r if r is not None else rounds + 1 for r in attributes]
     return {
         "n": len(starts),
         "success": len(done) / len(starts),
         "rounds_if_reached": statistics.mean(done) if done else float("nan"),
-        "rounds_capped": statistics.mean(r if r is not None else rounds + 1 for r in reached),
-        "attributes_rounds_capped": statistics.mean(r if r is not None else rounds + 1 for r in attributes),
+        "rounds_capped": statistics.mean(capped),
+        "attributes_rounds_capped": statistics.mean(attributes_capped),
         "images_per_s": images / seconds,
-        "rounds": reached,
+        "cpu_seconds": time.process_time() - cpu,
+        "rounds": capped,
+        "attributes_rounds": attributes_capped,
         "seconds_per_adapt_step": statistics.mean(adapt_seconds) if adapt_seconds else float("nan"),
     }
+
+
+def paired_difference(model: list[float], base: list[float], resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean per-dialogue difference ``model - base`` with a percentile bootstrap 95% interval over dialogues.
+
+    Args:
+        model: The model's rounds-to-target, one per dialogue.
+        base: The base's rounds-to-target on the same dialogues (same starts, same noise), in the same order.
+        resamples: Bootstrap resamples of the dialogues.
+        seed: Seed of the resampling.
+    """
+    if len(model) != len(base) or not model:
+        raise ValueError(f"need the same dialogues for both, got {len(model)} and {len(base)} results")
+    diff = np.asarray(model, dtype=float) - np.asarray(base, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
+    low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
+    return {"n": len(diff), "mean": float(diff.mean()), "low": float(low), "high": float(high),
+            "fewer": int((diff < 0).sum()), "more": int((diff > 0).sum()), "equal": int((diff == 0).sum())}
+
+
+def load_baseline(path: str, settings: dict, seeds: list[int], name: str = "base") -> dict[int, list[float]]:
+    """The per-dialogue rounds of ``name`` for ``seeds`` from a ``--save`` file played with the same ``settings``."""
+    saved = json.loads(Path(path).read_text())
+    differing = {k: (v, saved["settings"].get(k)) for k, v in settings.items() if saved["settings"].get(k) != v}
+    if differing:
+        raise ValueError(f"{path}: played with other settings (here, there): {differing}")
+    runs = saved["results"].get(name, {})
+    missing = [seed for seed in seeds if str(seed) not in runs]
+    if missing:
+        raise ValueError(f"{path}: no {name!r} results for seeds {missing} (it has {sorted(runs)})")
+    return {seed: runs[str(seed)]["rounds"] for seed in seeds}
 
 
 def main() -> None:
@@ -107,29 +151,38 @@ def main() -> None:
     parser.add_argument("--adapt_beta", type=float, default=5000.0, help="Diffusion-DPO beta of the adaptation")
     parser.add_argument("--adapt_timestep_range", type=tuple[float, float], default=(0.6, 1.0),
                         help="fractions of the training timesteps the adaptation draws from")
-    parser.add_argument("--adapt_history", type=int, default=4,
-                        help="rounds of the dialogue whose pairs every adaptation step trains on")
+    parser.add_argument("--adapt_history", type=int | None, default=4,
+                        help="rounds of the dialogue whose pairs every adaptation step trains on (null: all)")
+    parser.add_argument("--adapt_fresh_optimizer", type=bool, default=False,
+                        help="a fresh AdamW state every round (no momentum from the earlier rounds)")
+    parser.add_argument("--save", default=None, help="write every model's per-dialogue rounds to this JSON file")
+    parser.add_argument("--baseline", default=None,
+                        help="a --save file to take the base's per-dialogue rounds from (the base is not played)")
     args = parser.parse_args()
+    settings = {k: getattr(args, k) for k in ("dialogues", "rounds", "num_images", "steps", "guidance")}
+    base_rounds = load_baseline(args.baseline, settings, args.seeds) if args.baseline else {}
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone = DiffusionBackbone(model="toy", **(lora_config(args.lora) if args.lora else {}))
     if args.lora:
         backbone.load_lora(args.lora)
     backbone = backbone.eval().to(device)
-    models = {} if args.no_base else {"base": (backbone, backbone.reference, None)}
+    models = {} if args.no_base or args.baseline else {"base": (backbone, backbone.reference_forward, None)}
     if args.lora:
         models["lora"] = (backbone, contextlib.nullcontext, None)
     if args.adapt:
         live = DiffusionBackbone(model="toy").eval().to(device)  # LoRA B = 0: starts as the base
         adapter = LiveAdapter(live, args.adapt_updates, args.adapt_lr, args.adapt_beta,
-                              timestep_range=args.adapt_timestep_range, history=args.adapt_history)
+                              timestep_range=args.adapt_timestep_range, history=args.adapt_history,
+                              fresh_optimizer=args.adapt_fresh_optimizer)
         models["base + live adaptation"] = (live, contextlib.nullcontext, adapter)
     print(f"{args.dialogues} toy dialogues per seed, seeds {args.seeds}, at most {args.rounds} rounds, "
           f"K={args.num_images}, {args.steps} DDIM steps, guidance {args.guidance}, device {device}\n")
     print("| seed | model | reached target | rounds (reached) | rounds (unreached = max+1) | rounds to 4 attributes | "
-          "images/s | s per adaptation step |")
-    print("|---|---|---|---|---|---|---|---|")
+          "images/s | s per adaptation step | CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     capped: dict[str, list[float]] = {name: [] for name in models}
+    results: dict[str, dict[str, dict]] = {name: {} for name in models}
     for seed in args.seeds:
         rng = np.random.default_rng(seed)
         starts = [toy_start(rng, max_changes=3) for _ in range(args.dialogues)]
@@ -137,11 +190,26 @@ def main() -> None:
             with context():
                 r = play(model, starts, args.rounds, args.num_images, args.steps, args.guidance, seed, adapter)
             capped[name].append(r["rounds_capped"])
+            results[name][str(seed)] = r
+            if name == "base":
+                base_rounds[seed] = r["rounds"]
+            if args.save:  # after every model and seed, so a stopped run keeps what it played
+                Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.save).write_text(json.dumps({"settings": settings, "adaptation": {
+                    k: v for k, v in vars(args).items() if k.startswith("adapt")}, "results": results}, indent=1))
             print(f"| {seed} | {name} | {r['success']:.0%} of {r['n']} | {r['rounds_if_reached']:.2f} | "
                   f"{r['rounds_capped']:.2f} | {r['attributes_rounds_capped']:.2f} | {r['images_per_s']:.1f} | "
-                  f"{r['seconds_per_adapt_step']:.2f} |", flush=True)
+                  f"{r['seconds_per_adapt_step']:.2f} | {r['cpu_seconds']:.0f} |", flush=True)
     print("\nmean rounds-to-target (unreached = max+1) over seeds: " + "; ".join(
         f"{name} {statistics.mean(v):.2f} (per seed {', '.join(f'{x:.2f}' for x in v)})" for name, v in capped.items()))
+    if base_rounds:
+        print(f"\npaired against the base (same dialogues and noise; model - base rounds, unreached = max+1; "
+              f"95% bootstrap interval over the dialogues of seeds {args.seeds}):")
+        for name in (n for n in models if n != "base"):
+            d = paired_difference([x for s in args.seeds for x in results[name][str(s)]["rounds"]],
+                                  [x for s in args.seeds for x in base_rounds[s]])
+            print(f"- {name}: {d['mean']:+.3f} rounds [{d['low']:+.3f}, {d['high']:+.3f}] over {d['n']} dialogues; "
+                  f"fewer rounds in {d['fewer']}, more in {d['more']}, equal in {d['equal']}")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,38 @@ def test_history_keeps_training_on_the_sessions_earlier_rounds(toy_round):
     assert gaps[2] < gaps[1]
 
 
+def test_fresh_optimizer_lets_a_reversed_choice_move_the_other_way(toy_round):
+    """Round 2 chooses image 0 over image 1 after round 1 chose 1 over 0 (history 1: round 2 trains only 0 ≻ 1).
+    With the AdamW moments carried over, round 2's steps keep some of round 1's direction; with a fresh optimizer
+    they follow round 2's pairs alone, so image 1 ends less favoured against image 0."""
+    backbone, images = toy_round
+    gaps = {}
+    for fresh in (False, True):
+        adapter = LiveAdapter(backbone, updates=4, lr=3e-3, timestep_range=(0.0, 1.0), history=1,
+                              fresh_optimizer=fresh)
+        adapter.adapt(images, chosen=1, prompt=RED)
+        adapter.adapt(images, chosen=0, prompt=RED)
+        gaps[fresh] = _pair_gap(backbone, images, 1, 0, RED, 0, 1000)
+        adapter.reset()
+    assert gaps[True] > gaps[False]
+
+
+def test_interact_passes_the_history_and_fresh_optimizer_options_to_the_adapter(tmp_path):
+    cfg = parse_args([*FAST, "--output", str(tmp_path / "d.jsonl"), "--adapt", "true", "--adapt_history", "null",
+                      "--adapt_fresh_optimizer", "true"])
+    adapter = studio_from_args(cfg).adapter
+    assert adapter.history is None and adapter.fresh_optimizer is True
+
+
+def test_history_none_trains_on_every_round_of_the_session(toy_round):
+    backbone, images = toy_round
+    adapter = LiveAdapter(backbone, updates=1, history=None)
+    for chosen in (0, 1, 2):
+        adapter.adapt(images, chosen=chosen, prompt=RED)
+    assert len(adapter.rounds) == 3
+    adapter.reset()
+
+
 @pytest.mark.parametrize("kwargs, message", [({"updates": 0}, "updates"), ({"history": 0}, "history"),
                                              ({"timestep_range": (0.6, 0.6)}, "timestep_range")])
 def test_bad_adapter_settings_are_refused(toy_round, kwargs, message):

@@ -39,8 +39,9 @@ class LiveAdapter:
     :meth:`adapt` takes a round's K images and the chosen index and makes ``updates`` AdamW steps, each on the K - 1
     pairs (chosen ≻ unchosen) of the latest ``history`` rounds of the session, with a fresh timestep per pair from
     ``timestep_range`` and one noise shared by winner and loser; the reference is the backbone with its adapters off.
-    The LoRA and the optimizer state carry over from round to round. :meth:`reset` restores the LoRA weights the
-    adapter started from (a new person, a new session), clears the optimizer and forgets the rounds.
+    The LoRA carries over from round to round; the AdamW state too, unless ``fresh_optimizer`` (then every round
+    starts with zero moments, so the earlier rounds' direction does not drive this round's steps). :meth:`reset`
+    restores the LoRA weights the adapter started from (a new person, a new session), clears the optimizer and forgets the rounds.
 
     The defaults are the toy world's measured ones: the noisiest 40% of the timesteps (where the layout is decided)
     and lr 3e-3 raise the next rounds' centredness a little without costing fidelity; lr 1e-2, or 8 updates a round,
@@ -54,20 +55,22 @@ class LiveAdapter:
         max_grad_norm: Gradient-norm clip of each step.
         timestep_range: Fractions ``(low, high)`` of the training timesteps the steps draw from, ``0 <= low < high
             <= 1``.
-        history: Rounds of the session (the latest ones) whose pairs every step trains on; the cost of a step grows
-            with it (``history * (K - 1)`` pairs).
+        history: Rounds of the session (the latest ones) whose pairs every step trains on, or ``None`` for all of
+            them; the cost of a step grows with it (``history * (K - 1)`` pairs).
         seed: Seed of the latents drawn from the VAE posterior, the timesteps and the noise.
+        fresh_optimizer: Start every round's steps from a fresh AdamW state (the LoRA still carries over).
     """
 
     def __init__(self, backbone: DiffusionBackbone, updates: int = 4, lr: float = 3e-3, beta: float = 5000.0,
-                 max_grad_norm: float = 1.0, timestep_range: tuple[float, float] = (0.6, 1.0), history: int = 4,
-                 seed: int = 0) -> None:
+                 max_grad_norm: float = 1.0, timestep_range: tuple[float, float] = (0.6, 1.0),
+                 history: int | None = 4, seed: int = 0, fresh_optimizer: bool = False) -> None:
         if updates < 1:
             raise ValueError(f"updates must be at least 1, got {updates}")
         self.timestep_range = check_timestep_range(timestep_range)
-        if history < 1:
+        if history is not None and history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
         self.history = history
+        self.fresh_optimizer = fresh_optimizer
         self.rounds: list[tuple[Tensor, Tensor, list[str]]] = []  # the session's (winners, losers, prompts), newest last
         self.backbone = backbone
         self.updates = updates
@@ -119,11 +122,13 @@ class LiveAdapter:
         latents = backbone.encode_images(images.to(device) * 2 - 1, generator=self.generator).detach()
         losers = torch.tensor([j for j in range(k) if j != chosen], device=device)
         self.rounds = [*self.rounds, (latents[chosen].expand(len(losers), *latents.shape[1:]), latents[losers],
-                                      [prompt] * len(losers))][-self.history:]
+                                      [prompt] * len(losers))][-(self.history or 0):]
         lat_w = torch.cat([w for w, _, _ in self.rounds])
         lat_l = torch.cat([l for _, l, _ in self.rounds])
         with torch.no_grad():
             cond = backbone.encode_prompts([p for _, _, prompts in self.rounds for p in prompts] * 2)
+        if self.fresh_optimizer:
+            self.optimizer = torch.optim.AdamW(self.parameters, lr=self.lr)
         losses = []
         num_train = backbone.noise_scheduler.config.num_train_timesteps
         low, high = timestep_bounds(self.timestep_range, num_train)

@@ -53,7 +53,8 @@ def open_studio(
     adapt_lr: float = 3e-3,
     adapt_beta: float = 5000.0,
     adapt_timestep_range: tuple[float, float] = (0.6, 1.0),
-    adapt_history: int = 4,
+    adapt_history: int | None = 4,
+    adapt_fresh_optimizer: bool = False,
 ) -> Studio:
     """The :class:`~lit_pref.vca.studio.Studio` the tool serves.
 
@@ -77,13 +78,16 @@ def open_studio(
         adapt_beta: Diffusion-DPO beta of the adaptation.
         adapt_timestep_range: Fractions of the training timesteps the adaptation draws from (the noisiest 40% by
             default: where the layout is decided).
-        adapt_history: Rounds of the session whose pairs every adaptation step trains on (the latest ones).
+        adapt_history: Rounds of the session whose pairs every adaptation step trains on (the latest ones; null:
+            all of them).
+        adapt_fresh_optimizer: Start every round's adaptation from a fresh AdamW state (no momentum from the
+            earlier rounds; the LoRA carries over).
     """
     if lora is not None:
         backbone.load_lora(lora)
     backbone = backbone.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     adapter = LiveAdapter(backbone, adapt_updates, adapt_lr, adapt_beta, timestep_range=adapt_timestep_range,
-                          history=adapt_history, seed=seed) if adapt else None
+                          history=adapt_history, seed=seed, fresh_optimizer=adapt_fresh_optimizer) if adapt else None
     return Studio(backbone, refiner, output, num_images, num_inference_steps, guidance_scale, eta, seed, category,
                   session_timeout=session_timeout, adapter=adapter)
 
