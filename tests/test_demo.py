@@ -1,6 +1,6 @@
 """What configs/demo.yaml promises (README "Quick start"): it trains on the toy world's shipped pairs, read by the
 data module of users' own Pick-a-Pic-layout files; one win-rate evaluation on at least 96 held-out pairs, at the last
-step; the training of configs/toy/trajectory_dpo_best_of_8.yaml; the encoders' cache last among the callbacks, so
+step; the training of configs/toy/dense_discounted_dpo_best_of_8.yaml; the encoders' cache last among the callbacks, so
 one option moves it. The demo run itself: tests/test_cli.py; the shipped pairs: tests/test_shipped_pairs.py."""
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ def test_demo_judges_its_final_lora_once_on_at_least_96_held_out_pairs(demo):
     assert win_rate["num_inference_steps"] == 20 and list(win_rate["scorers"]) == ["hidden"]
 
 
-def test_demo_trains_as_the_best_of_8_recipe_on_its_pairs(demo):
-    """The demo is configs/toy/trajectory_dpo_best_of_8.yaml's training (README's leaderboard), on the pairs that
-    recipe generates (seed 0), shipped: the same model, optimizer, steps and batch size."""
-    recipe = print_config("--config", str(REPO / "configs/toy/trajectory_dpo_best_of_8.yaml"))
+def test_demo_trains_as_the_dense_best_of_8_recipe_on_its_pairs(demo):
+    """The demo is configs/toy/dense_discounted_dpo_best_of_8.yaml's training (README's leaderboard), on the pairs
+    that recipe generates (seed 0), shipped: the same model, optimizer, steps and batch size."""
+    recipe = print_config("--config", str(REPO / "configs/toy/dense_discounted_dpo_best_of_8.yaml"))
     assert demo["model"] == recipe["model"] and demo["model"]["init_args"]["scheduler"] is None  # a constant lr
-    assert demo["trainer"]["max_steps"] == recipe["trainer"]["max_steps"] == 600
+    assert demo["model"]["init_args"]["step_weights"]["init_args"]["gamma"] == 0.7
+    assert demo["trainer"]["max_steps"] == recipe["trainer"]["max_steps"] == 400
     assert demo["data"]["init_args"]["batch_size"] == recipe["data"]["init_args"]["batch_size"] == 8
 
 
