@@ -7,8 +7,8 @@ more threads than free cores, sampling slowed down up to tenfold here and the ra
 
 Trains ``--config`` for ``--steps`` steps, validating every ``--val-every`` steps, as shipped ("with": WinRate with
 its image grid, and SampleGrid, run after each validation) and with the callbacks of ``EVALUATION`` removed
-("without"; validation, val/*, checkpoints and LoRA export kept). Both read the same pairs, generated once before
-any timing, and everything is written into a temporary folder. Runs alternate (with, without, with, ...) so that
+("without"; validation, val/*, checkpoints and LoRA export kept). Both read the same pairs (the demo's shipped ones;
+a config's generated pairs are made by an untimed first run), and the runs are written into a temporary folder. Runs alternate (with, without, with, ...) so that
 a change in the machine's load hits both; prints the median wall time of each ``fit`` (model load included) and
 their ratio.
 """
@@ -33,7 +33,7 @@ def fit_seconds(config: Path, work: Path, overrides: list[str]) -> float:
     """Wall seconds of one ``fit`` of ``config`` with ``overrides``, writing only under ``work``."""
     start = time.perf_counter()
     LitPrefCLI(args=["fit", "--config", str(config), f"--trainer.logger.init_args.save_dir={work / 'runs'}",
-                     f"--trainer.default_root_dir={work}", f"--data.init_args.data_dir={work / 'pairs'}",
+                     f"--trainer.default_root_dir={work}",
                      "--trainer.enable_progress_bar=false", *overrides])
     return time.perf_counter() - start
 
@@ -57,7 +57,7 @@ def main() -> None:
         without = work / "without.yaml"
         config["trainer"]["callbacks"] = [c for c in callbacks if c["class_path"] not in EVALUATION]
         without.write_text(yaml.safe_dump(config, sort_keys=False))
-        # Untimed: generates the pairs (cached for the timed runs) and warms up imports and allocators.
+        # Untimed: fills the caches (generated pairs, encodings) and warms up imports and allocators.
         fit_seconds(without, work, ["--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
         times: dict[str, list[float]] = {"with": [], "without": []}
         for _ in range(args.repeats):

@@ -46,6 +46,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                                      "preference pairs (a Pick-a-Pic parquet shard)"),
     "make-toy-dialogues": Subcommand("lit_pref.toy.user:main", "toy dialogues played between a simulated user and "
                                      "the refiner, as a dialogue JSONL file"),
+    "make-toy-pairs": Subcommand("lit_pref.toy.pairs:main", "the toy world's shipped preference pairs, best and "
+                                 "worst of 8 base samples (lit_pref/assets/toy/pairs/best_of_8)"),
 }
 
 

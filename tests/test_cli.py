@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, read_events
 from lit_pref.losses import PairLoss
+from lit_pref.toy.pairs import SHIPPED_PAIRS
 
 class GapLoss(PairLoss):
     """A user's loss, defined outside the package: push the winner's error below the loser's."""
@@ -32,10 +33,7 @@ def demo_args(tmp: Path, steps: int) -> list[str]:
         "--trainer.val_check_interval", str(steps),  # one validation (and win-rate evaluation), at the end
         "--trainer.log_every_n_steps", "1",
         "--trainer.logger.init_args.save_dir", str(tmp / "runs"),
-        "--data.init_args.data_dir", str(tmp / "data"),
         "--trainer.callbacks.cache_dir", str(tmp / "encodings"),  # the demo's last callback: EncodingCache
-        "--data.init_args.num_pairs", "16", "--data.init_args.num_val_pairs", "4",
-        "--data.init_args.candidates_per_pair", "2",  # two samples a pair: the test checks the run, not the pairs
     ]
 
 
@@ -117,7 +115,7 @@ def test_test_subcommand_scores_held_out_pairs_with_the_checkpoint_lora(demo_run
     from lit_pref.cli import LitPrefCLI
 
     tmp, run = demo_run
-    pairs = str(tmp / "data" / "val.parquet")
+    pairs = str(SHIPPED_PAIRS / "val.parquet")  # the demo's validation pairs
     args = ["test", "--config", "configs/demo.yaml", "--trainer.logger", "false", "--trainer.callbacks", "[]",
             "--trainer.default_root_dir", str(tmp_path), "--data", "lit_pref.datamodules.PreferencePairDataModule",
             "--data.train_path", pairs, "--data.test_path", pairs, "--data.resolution", "32"]

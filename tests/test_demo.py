@@ -1,16 +1,15 @@
-"""What configs/demo.yaml promises (README "Quick start"): one win-rate evaluation on at least 96 held-out pairs, at
-the last step; a learning rate that decays to zero exactly there; the encoders' cache last among the callbacks, so
-one option moves it. The demo run itself: tests/test_cli.py."""
+"""What configs/demo.yaml promises (README "Quick start"): it trains on the toy world's shipped pairs, read by the
+data module of users' own Pick-a-Pic-layout files; one win-rate evaluation on at least 96 held-out pairs, at the last
+step; the training of configs/toy/dense_discounted_dpo_best_of_8.yaml; the encoders' cache last among the callbacks, so
+one option moves it. The demo run itself: tests/test_cli.py; the shipped pairs: tests/test_shipped_pairs.py."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
-import torch
 
 from conftest import REPO
 from lit_pref.datamodules.prompts import read_prompts
+from lit_pref.toy.pairs import SHIPPED_PAIRS
 from test_configs import print_config
 
 
@@ -24,6 +23,14 @@ def callback(config: dict, class_path: str) -> dict:
     return found["init_args"]
 
 
+def test_demo_trains_on_the_shipped_pairs_through_the_pick_a_pic_data_module(demo):
+    data = demo["data"]
+    assert data["class_path"] == "lit_pref.datamodules.PreferencePairDataModule"
+    paths = {key: (REPO / data["init_args"][f"{key}_path"]).resolve() for key in ("train", "val")}
+    assert paths == {key: SHIPPED_PAIRS / f"{key}.parquet" for key in ("train", "val")}
+    assert data["init_args"]["resolution"] == 32  # the toy model's side: no resizing
+
+
 def test_demo_judges_its_final_lora_once_on_at_least_96_held_out_pairs(demo):
     trainer = demo["trainer"]
     assert trainer["val_check_interval"] == trainer["max_steps"] and trainer["check_val_every_n_epoch"] is None
@@ -34,23 +41,14 @@ def test_demo_judges_its_final_lora_once_on_at_least_96_held_out_pairs(demo):
     assert win_rate["num_inference_steps"] == 20 and list(win_rate["scorers"]) == ["hidden"]
 
 
-def test_demo_learning_rate_halves_midway_and_reaches_zero_at_the_last_step(demo):
-    """Cosine decay: lr_k = lr_0 (1 + cos(pi k / T)) / 2 with T = max_steps: lr_0 / 2 at k = T / 2, 0 at k = T."""
-    model, steps = demo["model"]["init_args"], demo["trainer"]["max_steps"]
-    scheduler = model["scheduler"]
-    assert scheduler["class_path"] == "torch.optim.lr_scheduler.CosineAnnealingLR"
-    lr0 = model["optimizer"]["init_args"]["lr"]
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr0)
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **scheduler["init_args"])
-    lrs = [lr0]
-    for _ in range(steps):
-        optimizer.step()
-        decay.step()
-        lrs.append(optimizer.param_groups[0]["lr"])
-    assert lrs[steps // 2] == pytest.approx(lr0 / 2, rel=1e-9)
-    assert lrs[steps] == pytest.approx(0.0, abs=1e-12)
-    assert min(lrs[:steps]) > 0  # no step of training at a zero learning rate
-    assert lrs[1] == pytest.approx(lr0 * (1 + math.cos(math.pi / steps)) / 2, rel=1e-9)
+def test_demo_trains_as_the_dense_best_of_8_recipe_on_its_pairs(demo):
+    """The demo is configs/toy/dense_discounted_dpo_best_of_8.yaml's training (README's leaderboard), on the pairs
+    that recipe generates (seed 0), shipped: the same model, optimizer, steps and batch size."""
+    recipe = print_config("--config", str(REPO / "configs/toy/dense_discounted_dpo_best_of_8.yaml"))
+    assert demo["model"] == recipe["model"] and demo["model"]["init_args"]["scheduler"] is None  # a constant lr
+    assert demo["model"]["init_args"]["step_weights"]["init_args"]["gamma"] == 0.7
+    assert demo["trainer"]["max_steps"] == recipe["trainer"]["max_steps"] == 400
+    assert demo["data"]["init_args"]["batch_size"] == recipe["data"]["init_args"]["batch_size"] == 8
 
 
 def test_demo_caches_encodings_in_its_last_callback_so_one_option_moves_the_cache(tmp_path):

@@ -34,6 +34,9 @@ def test_wheel_has_only_lit_pref_at_the_top(tmp_path):
             assert f"{installed}/__init__.py" in names, f"{package} is missing from setup.cfg's packages"
     assert "lit_pref/datamodules/preference_pairs.py" in names and "lit_pref/callbacks/reward_metrics.py" in names
     assert any(name.startswith("lit_pref/assets/toy/pipeline/unet/") for name in names)
+    # the toy world's shipped preference pairs (the demo's data)
+    shipped_pairs = {f"lit_pref/assets/toy/pairs/best_of_8/{f}" for f in ("train.parquet", "val.parquet", "README.md")}
+    assert shipped_pairs <= set(names)
 
 
 def test_no_source_imports_the_old_top_level_names():

@@ -1,4 +1,9 @@
-"""Preference pairs of the toy world: two base-model samples of one prompt, labelled by the hidden human."""
+"""Preference pairs of the toy world: two base-model samples of one prompt, labelled by the hidden human.
+
+The toy world also ships one such data set, as Pick-a-Pic-layout files under ``lit_pref/assets/toy/pairs/best_of_8``
+(:data:`SHIPPED_PAIRS`), made once by ``python -m lit_pref make-toy-pairs`` (:func:`make_shipped_pairs`), so that a run
+reads pairs like any fixed preference data set instead of sampling them first.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,14 @@ from tqdm.auto import tqdm
 
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone.backbone import TOY_PIPELINE
+from lit_pref.commands import call, function_parser
 from lit_pref.datamodules.generated import GeneratedPairsDataModule
 from lit_pref.formats.pairs import PAIR_SCHEMA, write_pairs_parquet
 from lit_pref.toy.human import BradleyTerryLabeller, ToyGroundTruthReward
 from lit_pref.toy.world import prompts
 
 GENERATOR_VERSION = 1
+SHIPPED_PAIRS = TOY_PIPELINE.parent / "pairs" / "best_of_8"  # train.parquet, val.parquet (see its README.md)
 
 
 def _png(image: torch.Tensor) -> bytes:
@@ -168,3 +175,29 @@ class ToyPreferenceDataModule(GeneratedPairsDataModule):
                                       self.guidance_scale, seed, desc=f"toy {split} pairs",
                                       candidates_per_pair=self.candidates_per_pair if split == "train" else 2)
         write_pairs_parquet(table, path)
+
+
+def make_shipped_pairs(out_dir: str = str(SHIPPED_PAIRS)) -> None:
+    """Write the toy world's shipped preference pairs: ``train.parquet``, 256 pairs on the training prompts, each the
+    best and the worst of 8 base samples (10 DDIM steps, guidance 4) under the hidden human's reward, labelled
+    without noise (temperature 0); ``val.parquet``, 32 pairs of two plain samples of the held-out prompts. Seed 0
+    (validation: seed 1 000 000), as :class:`ToyPreferenceDataModule` with these parameters generates them.
+
+    Args:
+        out_dir: Folder the two files are written to (created if missing).
+    """
+    data = ToyPreferenceDataModule(data_dir=out_dir, num_pairs=256, num_val_pairs=32, num_inference_steps=10,
+                                   guidance_scale=4.0, temperature=0.0, candidates_per_pair=8, seed=0)
+    data.data_dir.mkdir(parents=True, exist_ok=True)
+    data.write_pairs(data.data_dir / "train.parquet", data.num_pairs, data.seed, "train")
+    data.write_pairs(data.data_dir / "val.parquet", data.num_val_pairs, data.seed + data.VAL_SEED_OFFSET, "val")
+
+
+def main(argv: list[str]) -> None:
+    """``python -m lit_pref make-toy-pairs [--out_dir DIR]``: :func:`make_shipped_pairs` (default: the shipped
+    folder), then where the files are."""
+    parser = function_parser(make_shipped_pairs, "make-toy-pairs", "Write the toy world's shipped best-of-8 "
+                             "preference pairs (train.parquet, val.parquet) from the shipped base model.")
+    config = parser.parse_args(argv)
+    call(make_shipped_pairs, parser, config)
+    print(f"256 training and 32 validation pairs written to {config.out_dir}")
