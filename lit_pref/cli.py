@@ -99,13 +99,16 @@ class LitPrefCLI(LightningCLI):
         if missing:
             raise SystemExit("error: " + "; ".join(f"{key}: no such file or folder: {value}" for key, value in missing))
 
+    def _trainer_list(self, kwargs: dict[str, Any], key: str) -> list[Any]:
+        """The trainer's ``key`` (``plugins``, ``callbacks``) as a list: from ``kwargs`` if given, else the config."""
+        value = kwargs.get(key, self._get(self.config_init, f"trainer.{key}")) or []
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        plugins = kwargs.get("plugins", self._get(self.config_init, "trainer.plugins")) or []
-        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        plugins = self._trainer_list(kwargs, "plugins")
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        callback_list = kwargs.get("callbacks", self._get(self.config_init, "trainer.callbacks")) or []
-        callback_list = list(callback_list) if isinstance(callback_list, (list, tuple)) else [callback_list]
+        callback_list = self._trainer_list(kwargs, "callbacks")
         wants_bar = self._get(self.config_init, "trainer.enable_progress_bar") is not False
         if wants_bar and not any(isinstance(c, ProgressBar) for c in callback_list):
             kwargs["callbacks"] = [*callback_list, StepProgressBar()]
