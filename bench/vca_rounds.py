@@ -17,8 +17,9 @@ with unreached dialogues counted as ``rounds + 1``, the rounds until all four at
 ignored), and generated images per second. With ``--adapt`` the base model also plays while adapting live, as
 ``python -m lit_pref interact --adapt`` does, with the tool's defaults (:class:`~lit_pref.vca.adapt.LiveAdapter`:
 after each choice ``--adapt_updates`` DPO steps on the pairs of the latest ``--adapt_history`` rounds at the
-timesteps of ``--adapt_timestep_range``; the LoRA is reset for every dialogue), and the seconds per adaptation step
-are reported. ``--seeds`` repeats everything for several seeds of the dialogue starts and noise.
+timesteps of ``--adapt_timestep_range``; the LoRA is reset for every dialogue, or with ``--adapt_carry_over`` only
+for every seed, so that the 32 dialogues of a seed are one person's dialogues in a row), and the seconds per
+adaptation step are reported. ``--seeds`` repeats everything for several seeds of the dialogue starts and noise.
 
 Every model is also compared with the base dialogue by dialogue (the same starts and noise): the mean difference of
 rounds-to-target (model - base, unreached = max+1) pooled over the dialogues of all seeds, with a 95% bootstrap
@@ -64,6 +65,8 @@ def play(backbone: DiffusionBackbone, starts: list[tuple[str, str]], rounds: int
          guidance: float, seed: int = 0, adapter: LiveAdapter | None = None) -> dict:
     """Plays every dialogue (adapting live with ``adapter``); returns rounds-to-target statistics and images/s."""
     reached, attributes, images, adapt_seconds = [], [], 0, []
+    if adapter is not None:
+        adapter.reset()  # every seed is a new person, starting from the base
     start, cpu = time.perf_counter(), time.process_time()
     for i, (target, initial) in enumerate(starts):
         def generate(prompt: str, t: int) -> torch.Tensor:
@@ -74,7 +77,7 @@ def play(backbone: DiffusionBackbone, starts: list[tuple[str, str]], rounds: int
                                        generator=generators).float().cpu()
 
         if adapter is not None:
-            adapter.reset()
+            adapter.new_session()
             user = AdaptingUser(target, adapter)
         else:
             user = ToySimulatedUser(target)
@@ -155,6 +158,10 @@ def main() -> None:
                         help="rounds of the dialogue whose pairs every adaptation step trains on (null: all)")
     parser.add_argument("--adapt_fresh_optimizer", type=bool, default=False,
                         help="a fresh AdamW state every round (no momentum from the earlier rounds)")
+    parser.add_argument("--adapt_carry_over", type=bool, default=False,
+                        help="the adapted LoRA carries over from dialogue to dialogue within a seed (one person's "
+                             "dialogues in a row, as interact --adapt_carry_over); else every dialogue starts "
+                             "from the base")
     parser.add_argument("--save", default=None, help="write every model's per-dialogue rounds to this JSON file")
     parser.add_argument("--baseline", default=None,
                         help="a --save file to take the base's per-dialogue rounds from (the base is not played)")
@@ -174,7 +181,7 @@ def main() -> None:
         live = DiffusionBackbone(model="toy").eval().to(device)  # LoRA B = 0: starts as the base
         adapter = LiveAdapter(live, args.adapt_updates, args.adapt_lr, args.adapt_beta,
                               timestep_range=args.adapt_timestep_range, history=args.adapt_history,
-                              fresh_optimizer=args.adapt_fresh_optimizer)
+                              fresh_optimizer=args.adapt_fresh_optimizer, carry_over=args.adapt_carry_over)
         models["base + live adaptation"] = (live, contextlib.nullcontext, adapter)
     print(f"{args.dialogues} toy dialogues per seed, seeds {args.seeds}, at most {args.rounds} rounds, "
           f"K={args.num_images}, {args.steps} DDIM steps, guidance {args.guidance}, device {device}\n")

@@ -1,6 +1,6 @@
 """Live co-adaptation (``interact --adapt``): the DPO updates move the LoRA toward the chosen image, a new session
-starts from the tool's LoRA, the page is told how many updates were made, and a finished session's LoRA loads in
-stock diffusers."""
+starts from the tool's LoRA (or, carrying over, from the one the earlier sessions adapted), the page is told how
+many updates were made, and a finished session's LoRA loads in stock diffusers."""
 
 from __future__ import annotations
 
@@ -116,11 +116,29 @@ def test_fresh_optimizer_lets_a_reversed_choice_move_the_other_way(toy_round):
     assert gaps[True] > gaps[False]
 
 
-def test_interact_passes_the_history_and_fresh_optimizer_options_to_the_adapter(tmp_path):
+def test_interact_passes_the_history_fresh_optimizer_and_carry_over_options_to_the_adapter(tmp_path):
     cfg = parse_args([*FAST, "--output", str(tmp_path / "d.jsonl"), "--adapt", "true", "--adapt_history", "null",
-                      "--adapt_fresh_optimizer", "true"])
+                      "--adapt_fresh_optimizer", "true", "--adapt_carry_over", "true"])
     adapter = studio_from_args(cfg).adapter
-    assert adapter.history is None and adapter.fresh_optimizer is True
+    assert adapter.history is None and adapter.fresh_optimizer is True and adapter.carry_over is True
+
+
+def test_new_session_restores_the_starting_lora_unless_it_carries_over(toy_round):
+    """One person's next dialogue: with ``carry_over`` it starts from the LoRA their earlier one adapted, without it
+    from the starting LoRA; either way with no rounds and no updates counted."""
+    backbone, images = toy_round
+    start = [p.detach().clone() for p in backbone.lora_parameters()]
+    for carry_over in (False, True):
+        adapter = LiveAdapter(backbone, updates=2, carry_over=carry_over)
+        adapter.adapt(images, chosen=1, prompt=RED)
+        adapted = [p.detach().clone() for p in backbone.lora_parameters()]
+        assert any(not torch.equal(a, s) for a, s in zip(adapted, start))
+        adapter.new_session()
+        expected = adapted if carry_over else start
+        assert all(torch.equal(p, e) for p, e in zip(backbone.lora_parameters(), expected))
+        assert adapter.rounds == [] and adapter.total_updates == 0
+        adapter.reset()
+        assert all(torch.equal(p, s) for p, s in zip(backbone.lora_parameters(), start))
 
 
 def test_history_none_trains_on_every_round_of_the_session(toy_round):

@@ -41,7 +41,9 @@ class LiveAdapter:
     ``timestep_range`` and one noise shared by winner and loser; the reference is the backbone with its adapters off.
     The LoRA carries over from round to round; the AdamW state too, unless ``fresh_optimizer`` (then every round
     starts with zero moments, so the earlier rounds' direction does not drive this round's steps). :meth:`reset`
-    restores the LoRA weights the adapter started from (a new person, a new session), clears the optimizer and forgets the rounds.
+    restores the LoRA weights the adapter started from, clears the optimizer and forgets the rounds;
+    :meth:`new_session` does the same at the start of a dialogue, except that with ``carry_over`` the LoRA keeps what
+    the earlier sessions taught it (one person's dialogues in a row, as ``interact --lora <the last session's LoRA>``).
 
     The defaults are the toy world's measured ones: the noisiest 40% of the timesteps (where the layout is decided)
     and lr 3e-3 raise the next rounds' centredness a little without costing fidelity; lr 1e-2, or 8 updates a round,
@@ -59,11 +61,14 @@ class LiveAdapter:
             them; the cost of a step grows with it (``history * (K - 1)`` pairs).
         seed: Seed of the latents drawn from the VAE posterior, the timesteps and the noise.
         fresh_optimizer: Start every round's steps from a fresh AdamW state (the LoRA still carries over).
+        carry_over: A new session (:meth:`new_session`) keeps the adapted LoRA instead of restoring the starting one,
+            so the tool goes on learning one person across their dialogues.
     """
 
     def __init__(self, backbone: DiffusionBackbone, updates: int = 4, lr: float = 3e-3, beta: float = 5000.0,
                  max_grad_norm: float = 1.0, timestep_range: tuple[float, float] = (0.6, 1.0),
-                 history: int | None = 4, seed: int = 0, fresh_optimizer: bool = False) -> None:
+                 history: int | None = 4, seed: int = 0, fresh_optimizer: bool = False,
+                 carry_over: bool = False) -> None:
         if updates < 1:
             raise ValueError(f"updates must be at least 1, got {updates}")
         self.timestep_range = check_timestep_range(timestep_range)
@@ -71,6 +76,7 @@ class LiveAdapter:
             raise ValueError(f"history must be at least 1, got {history}")
         self.history = history
         self.fresh_optimizer = fresh_optimizer
+        self.carry_over = carry_over
         self.rounds: list[tuple[Tensor, Tensor, list[str]]] = []  # the session's (winners, losers, prompts), newest last
         self.backbone = backbone
         self.updates = updates
@@ -88,6 +94,16 @@ class LiveAdapter:
         with torch.no_grad():
             for p, start in zip(self.parameters, self.initial):
                 p.copy_(start)
+        self._forget_session()
+
+    def new_session(self) -> None:
+        """A new dialogue: a fresh optimizer and update count, no rounds; the starting LoRA unless ``carry_over``."""
+        if self.carry_over:
+            self._forget_session()
+        else:
+            self.reset()
+
+    def _forget_session(self) -> None:
         self.optimizer = torch.optim.AdamW(self.parameters, lr=self.lr)
         self.total_updates = 0
         self.rounds = []

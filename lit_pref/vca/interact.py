@@ -8,7 +8,8 @@ A person types a prompt and sees K images; picks one and writes feedback; the re
 Co-adaptation (``--adapt``): after each choice, :class:`~lit_pref.vca.adapt.LiveAdapter` makes ``--adapt_updates``
 Diffusion-DPO steps of the LoRA on the pairs (chosen ≻ each unchosen image) of the session's latest
 ``--adapt_history`` rounds, at the noisiest timesteps (``--adapt_timestep_range``), so the next round is drawn from
-the adapted model; a new session starts from the LoRA the tool was started with. An adapting tool serves one person
+the adapted model; a new session starts from the LoRA the tool was started with, or with
+``--adapt_carry_over`` from the LoRA the earlier sessions adapted (the tool keeps learning one person). An adapting tool serves one person
 at a time (sessions share the model).
 
 The pieces: :mod:`lit_pref.vca.studio` (sessions), :mod:`lit_pref.vca.server` (the web page and its JSON
@@ -55,6 +56,7 @@ def open_studio(
     adapt_timestep_range: tuple[float, float] = (0.6, 1.0),
     adapt_history: int | None = 4,
     adapt_fresh_optimizer: bool = False,
+    adapt_carry_over: bool = False,
 ) -> Studio:
     """The :class:`~lit_pref.vca.studio.Studio` the tool serves.
 
@@ -82,12 +84,15 @@ def open_studio(
             all of them).
         adapt_fresh_optimizer: Start every round's adaptation from a fresh AdamW state (no momentum from the
             earlier rounds; the LoRA carries over).
+        adapt_carry_over: A new session keeps the LoRA the earlier sessions adapted (one person's dialogues in a
+            row); by default every session starts from the LoRA the tool was started with.
     """
     if lora is not None:
         backbone.load_lora(lora)
     backbone = backbone.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     adapter = LiveAdapter(backbone, adapt_updates, adapt_lr, adapt_beta, timestep_range=adapt_timestep_range,
-                          history=adapt_history, seed=seed, fresh_optimizer=adapt_fresh_optimizer) if adapt else None
+                          history=adapt_history, seed=seed, fresh_optimizer=adapt_fresh_optimizer,
+                          carry_over=adapt_carry_over) if adapt else None
     return Studio(backbone, refiner, output, num_images, num_inference_steps, guidance_scale, eta, seed, category,
                   session_timeout=session_timeout, adapter=adapter)
 

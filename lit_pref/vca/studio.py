@@ -221,7 +221,7 @@ class Studio:
             dialogue_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
             session = Session(dialogue_id, prompt.strip(), category if category is not None else self.category)
             if self.adapter is not None:
-                self.adapter.reset()  # every person starts from the tool's LoRA
+                self.adapter.new_session()  # from the tool's LoRA, or the earlier sessions' (carry_over)
             images = self._generate(session, session.initial_prompt)
             self.sessions[session.dialogue_id] = session
             return session, images
