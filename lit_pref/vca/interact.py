@@ -8,8 +8,8 @@ A person types a prompt and sees K images; picks one and writes feedback; the re
 Co-adaptation (``--adapt``): after each choice, :class:`~lit_pref.vca.adapt.LiveAdapter` makes ``--adapt_updates``
 Diffusion-DPO steps of the LoRA on the pairs (chosen ≻ each unchosen image) of the session's latest
 ``--adapt_history`` rounds, at the noisiest timesteps (``--adapt_timestep_range``), so the next round is drawn from
-the adapted model; a new session starts from the LoRA the tool was started with, or with
-``--adapt_carry_over`` from the LoRA the earlier sessions adapted (the tool keeps learning one person). An adapting tool serves one person
+the adapted model; a new session starts from the LoRA the tool was started with, or with ``--adapt_carry_over``
+from the LoRA the earlier sessions adapted (the tool keeps learning one person). An adapting tool serves one person
 at a time (sessions share the model).
 
 The pieces: :mod:`lit_pref.vca.studio` (sessions), :mod:`lit_pref.vca.server` (the web page and its JSON
