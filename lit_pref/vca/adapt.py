@@ -77,7 +77,6 @@ class LiveAdapter:
         self.history = history
         self.fresh_optimizer = fresh_optimizer
         self.carry_over = carry_over
-        self.rounds: list[tuple[Tensor, Tensor, list[str]]] = []  # the session's (winners, losers, prompts), newest last
         self.backbone = backbone
         self.updates = updates
         self.lr = lr
@@ -86,8 +85,7 @@ class LiveAdapter:
         self.parameters = list(backbone.lora_parameters())
         self.initial = [p.detach().clone() for p in self.parameters]
         self.generator = torch.Generator().manual_seed(seed)
-        self.total_updates = 0
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=lr)
+        self._forget_session()
 
     def reset(self) -> None:
         """Back to the starting LoRA weights, with a fresh optimizer and update count."""
@@ -106,7 +104,7 @@ class LiveAdapter:
     def _forget_session(self) -> None:
         self.optimizer = torch.optim.AdamW(self.parameters, lr=self.lr)
         self.total_updates = 0
-        self.rounds = []
+        self.rounds: list[tuple[Tensor, Tensor, list[str]]] = []  # the session's (winners, losers, prompts), newest last
 
     def _errors(self, noisy: Tensor, noise: Tensor, latents: Tensor, timesteps: Tensor, cond: dict) -> Tensor:
         pred = self.backbone.predict(noisy, timesteps, cond).float()
