@@ -200,4 +200,4 @@ def main(argv: list[str]) -> None:
                              "preference pairs (train.parquet, val.parquet) from the shipped base model.")
     config = parser.parse_args(argv)
     call(make_shipped_pairs, parser, config)
-    print(f"256 training and 32 validation pairs written to {config.out_dir}")
+    print(f"train.parquet and val.parquet written to {config.out_dir}")
