@@ -5,6 +5,7 @@
     python bench/vca_rounds.py --adapt --seeds 10 11 12           # also the base adapting live, as interact --adapt
     python bench/vca_rounds.py --seeds 10 11 12 --save runs/rounds_base.json       # the base, per dialogue
     python bench/vca_rounds.py --adapt --baseline runs/rounds_base.json --seeds 10 11 12   # paired, base not re-run
+    python bench/vca_rounds.py --adapt --adapt_ppo runs/vca_people/reward_model --adapt_carry_over true   # PPO, live
 
 Each dialogue starts from :func:`lit_pref.toy.toy_start` (a hidden target caption; an initial prompt that differs
 in 1-3 attributes) and is played by :func:`lit_pref.vca.play_dialogue`: K images of the current prompt from the
@@ -19,7 +20,10 @@ ignored), and generated images per second. With ``--adapt`` the base model also 
 after each choice ``--adapt_updates`` DPO steps on the pairs of the latest ``--adapt_history`` rounds at the
 timesteps of ``--adapt_timestep_range``; the LoRA is reset for every dialogue, or with ``--adapt_carry_over`` only
 for every seed, so that the 32 dialogues of a seed are one person's dialogues in a row), and the seconds per
-adaptation step are reported. ``--seeds`` repeats everything for several seeds of the dialogue starts and noise.
+adaptation step are reported. With ``--adapt_ppo REWARD_MODEL`` the adapter is
+:class:`~lit_pref.vca.adapt_ppo.LivePPOAdapter` instead: after each choice ``--adapt_updates`` PPO steps, each on
+``--adapt_ppo_images`` fresh chains of the round's prompt scored by that reward model (the person's R_pref), at
+``--adapt_lr`` on a LoRA of rank ``--adapt_rank``. ``--seeds`` repeats everything for several seeds of the dialogue starts and noise.
 
 Every model is also compared with the base dialogue by dialogue (the same starts and noise): the mean difference of
 rounds-to-target (model - base, unreached = max+1) pooled over the dialogues of all seeds, with a 95% bootstrap
@@ -43,13 +47,15 @@ import torch
 from lit_pref.backbone import DiffusionBackbone, lora_config
 from lit_pref.toy import ToyRefiner, ToySimulatedUser, toy_start
 from lit_pref.vca import play_dialogue
-from lit_pref.vca.adapt import LiveAdapter
+from lit_pref.rewards import RewardModelScorer
+from lit_pref.vca.adapt import LiveAdapter, SessionAdapter
+from lit_pref.vca.adapt_ppo import LivePPOAdapter
 
 
 class AdaptingUser(ToySimulatedUser):
     """The toy user, after whose every choice the adapter updates the model on the round's pairs."""
 
-    def __init__(self, target: str, adapter: LiveAdapter) -> None:
+    def __init__(self, target: str, adapter: SessionAdapter) -> None:
         super().__init__(target)
         self.adapter = adapter
         self.seconds: list[float] = []
@@ -62,7 +68,7 @@ class AdaptingUser(ToySimulatedUser):
 
 
 def play(backbone: DiffusionBackbone, starts: list[tuple[str, str]], rounds: int, k: int, steps: int,
-         guidance: float, seed: int = 0, adapter: LiveAdapter | None = None) -> dict:
+         guidance: float, seed: int = 0, adapter: SessionAdapter | None = None) -> dict:
     """Plays every dialogue (adapting live with ``adapter``); returns rounds-to-target statistics and images/s."""
     reached, attributes, images, adapt_seconds = [], [], 0, []
     if adapter is not None:
@@ -162,6 +168,12 @@ def main() -> None:
                         help="the adapted LoRA carries over from dialogue to dialogue within a seed (one person's "
                              "dialogues in a row, as interact --adapt_carry_over); else every dialogue starts "
                              "from the base")
+    parser.add_argument("--adapt_ppo", default=None,
+                        help="a reward model folder: adapt with PPO on its score (LivePPOAdapter, --adapt_updates "
+                             "steps of --adapt_ppo_images chains a round at --adapt_lr) instead of DPO")
+    parser.add_argument("--adapt_rank", type=int, default=4,
+                        help="LoRA rank of the adapting model (the tool's default LoRA: 4)")
+    parser.add_argument("--adapt_ppo_images", type=int, default=16, help="chains per PPO step (--adapt_ppo)")
     parser.add_argument("--save", default=None, help="write every model's per-dialogue rounds to this JSON file")
     parser.add_argument("--baseline", default=None,
                         help="a --save file to take the base's per-dialogue rounds from (the base is not played)")
@@ -178,10 +190,15 @@ def main() -> None:
     if args.lora:
         models["lora"] = (backbone, contextlib.nullcontext, None)
     if args.adapt:
-        live = DiffusionBackbone(model="toy").eval().to(device)  # LoRA B = 0: starts as the base
-        adapter = LiveAdapter(live, args.adapt_updates, args.adapt_lr, args.adapt_beta,
-                              timestep_range=args.adapt_timestep_range, history=args.adapt_history,
-                              fresh_optimizer=args.adapt_fresh_optimizer, carry_over=args.adapt_carry_over)
+        live = DiffusionBackbone(model="toy", lora_rank=args.adapt_rank).eval().to(device)  # LoRA B = 0: starts as the base
+        if args.adapt_ppo:
+            adapter = LivePPOAdapter(live, RewardModelScorer(args.adapt_ppo, device=device), args.adapt_updates,
+                                     args.adapt_lr, num_images=args.adapt_ppo_images, num_inference_steps=args.steps,
+                                     guidance_scale=args.guidance, carry_over=args.adapt_carry_over)
+        else:
+            adapter = LiveAdapter(live, args.adapt_updates, args.adapt_lr, args.adapt_beta,
+                                  timestep_range=args.adapt_timestep_range, history=args.adapt_history,
+                                  fresh_optimizer=args.adapt_fresh_optimizer, carry_over=args.adapt_carry_over)
         models["base + live adaptation"] = (live, contextlib.nullcontext, adapter)
     print(f"{args.dialogues} toy dialogues per seed, seeds {args.seeds}, at most {args.rounds} rounds, "
           f"K={args.num_images}, {args.steps} DDIM steps, guidance {args.guidance}, device {device}\n")

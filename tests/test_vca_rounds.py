@@ -50,3 +50,28 @@ def test_the_saved_base_is_read_back_only_for_the_same_settings_and_seeds(tmp_pa
     out = capsys.readouterr().out
     assert "| 3 | base |" not in out and "| 3 | base + live adaptation |" in out
     assert "- base + live adaptation: " in out and "over 2 dialogues" in out
+
+
+def test_adapt_ppo_plays_the_base_adapting_with_ppo_on_a_reward_model(tmp_path, monkeypatch, capsys):
+    from lit_pref.modules import RewardModel
+
+    RewardModel(clip_model="toy", hidden_dim=8).save_pretrained(tmp_path / "rm")  # an untrained head: plumbing only
+    made = []
+
+    class Recorded(vca_rounds.LivePPOAdapter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(vca_rounds, "LivePPOAdapter", Recorded)
+    monkeypatch.setattr(sys, "argv", ["vca_rounds.py", "--dialogues", "1", "--rounds", "2", "--num_images", "2",
+                                      "--steps", "2", "--seeds", "3", "--no_base", "--adapt", "--adapt_updates", "1",
+                                      "--adapt_ppo", str(tmp_path / "rm"), "--adapt_ppo_images", "2",
+                                      "--save", str(tmp_path / "ppo.json")])
+    vca_rounds.main()
+    assert "| 3 | base + live adaptation |" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "ppo.json").read_text())
+    assert saved["adaptation"]["adapt_ppo"] == str(tmp_path / "rm")
+    (adapter,) = made
+    assert isinstance(adapter.scorer, vca_rounds.RewardModelScorer) and adapter.num_images == 2
+    assert adapter.num_inference_steps == 2 and adapter.updates == 1

@@ -1,10 +1,13 @@
-"""Live co-adaptation for the interactive tool: after each choice, a few Diffusion-DPO updates of the LoRA on that
-round's pairs (the chosen image ≻ each unchosen one, captioned with the round's prompt), so the next round is drawn
-from the adapted model."""
+"""Live co-adaptation for the interactive tool: after each choice, a few updates of the LoRA, so the next round is
+drawn from the adapted model. :class:`SessionAdapter` keeps what every adapter shares (the starting LoRA, the
+optimizer, sessions); :class:`LiveAdapter` makes Diffusion-DPO steps on the round's pairs (the chosen image ≻ each
+unchosen one, captioned with the round's prompt); :class:`~lit_pref.vca.adapt_ppo.LivePPOAdapter` makes PPO steps
+with a reward model's score."""
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +18,7 @@ from lit_pref.backbone import DiffusionBackbone
 from lit_pref.losses.dpo import diffusion_dpo_loss
 from lit_pref.losses.step_weights import check_timestep_range, timestep_bounds
 
-__all__ = ["AdaptStats", "LiveAdapter"]
+__all__ = ["AdaptStats", "LiveAdapter", "SessionAdapter"]
 
 
 @dataclass
@@ -25,7 +28,7 @@ class AdaptStats:
     Attributes:
         updates: Optimizer steps made (this round).
         seconds: Wall time of the round's updates.
-        loss: Mean DPO loss over the updates.
+        loss: Mean loss over the updates.
     """
 
     updates: int
@@ -33,17 +36,101 @@ class AdaptStats:
     loss: float
 
 
-class LiveAdapter:
-    """Adapts a backbone's LoRA to one person, round by round (Diffusion-DPO, Wallace et al. 2023).
+class SessionAdapter(ABC):
+    """Adapts a backbone's LoRA to one person, round by round: ``updates`` AdamW steps after each choice
+    (:meth:`adapt`; what a step trains on is the subclass's). The LoRA carries over from round to round, and the
+    AdamW state with it. :meth:`reset` restores the LoRA weights the adapter started from and clears the optimizer;
+    :meth:`new_session` does the same at the start of a dialogue, except that with ``carry_over`` the LoRA keeps what
+    the earlier sessions taught it (one person's dialogues in a row, as ``interact --lora <the last session's LoRA>``).
+
+    Args:
+        backbone: The model whose LoRA adapts (in place).
+        updates: Optimizer steps after each choice.
+        lr: AdamW learning rate.
+        max_grad_norm: Gradient-norm clip of each step.
+        seed: Seed of the adapter's random draws.
+        carry_over: A new session (:meth:`new_session`) keeps the adapted LoRA instead of restoring the starting one,
+            so the tool goes on learning one person across their dialogues.
+    """
+
+    def __init__(self, backbone: DiffusionBackbone, updates: int, lr: float, max_grad_norm: float = 1.0,
+                 seed: int = 0, carry_over: bool = False) -> None:
+        if updates < 1:
+            raise ValueError(f"updates must be at least 1, got {updates}")
+        self.backbone = backbone
+        self.updates = updates
+        self.lr = lr
+        self.max_grad_norm = max_grad_norm
+        self.carry_over = carry_over
+        self.parameters = list(backbone.lora_parameters())
+        self.initial = [p.detach().clone() for p in self.parameters]
+        self.generator = torch.Generator().manual_seed(seed)
+        self._forget_session()
+
+    def reset(self) -> None:
+        """Back to the starting LoRA weights, with a fresh optimizer and update count."""
+        with torch.no_grad():
+            for p, start in zip(self.parameters, self.initial):
+                p.copy_(start)
+        self._forget_session()
+
+    def new_session(self) -> None:
+        """A new dialogue: a fresh optimizer and update count; the starting LoRA unless ``carry_over``."""
+        if self.carry_over:
+            self._forget_session()
+        else:
+            self.reset()
+
+    def _forget_session(self) -> None:
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=self.lr)
+        self.total_updates = 0
+
+    def adapt(self, images: Tensor, chosen: int, prompt: str) -> AdaptStats:
+        """``updates`` optimizer steps after one round.
+
+        Args:
+            images: The round's images ``[K, 3, H, W]`` in ``[0, 1]`` (K >= 2).
+            chosen: Index of the chosen image.
+            prompt: The prompt the images were generated from.
+        """
+        k = images.shape[0]
+        if images.ndim != 4 or k < 2 or not 0 <= chosen < k:
+            raise ValueError(f"need [K, 3, H, W] images with K >= 2 and chosen in 0..K-1, got {tuple(images.shape)}, "
+                             f"{chosen}")
+        start = time.perf_counter()
+        was_training = self.backbone.training
+        self.backbone.train()
+        try:
+            with torch.enable_grad():  # also when called under no_grad
+                losses = self._steps(images, chosen, prompt)
+        finally:
+            self.optimizer.zero_grad()
+            self.backbone.train(was_training)
+        self.total_updates += self.updates
+        return AdaptStats(self.updates, time.perf_counter() - start, sum(losses) / len(losses))
+
+    def _step(self, loss: Tensor) -> float:
+        """One clipped AdamW step on ``loss``; its value."""
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    @abstractmethod
+    def _steps(self, images: Tensor, chosen: int, prompt: str) -> list[float]:
+        """The round's ``updates`` optimizer steps (the backbone in train mode, grad enabled); their losses."""
+
+
+class LiveAdapter(SessionAdapter):
+    """Adapts a backbone's LoRA to one person, round by round, with Diffusion-DPO (Wallace et al. 2023).
 
     :meth:`adapt` takes a round's K images and the chosen index and makes ``updates`` AdamW steps, each on the K - 1
     pairs (chosen ≻ unchosen) of the latest ``history`` rounds of the session, with a fresh timestep per pair from
     ``timestep_range`` and one noise shared by winner and loser; the reference is the backbone with its adapters off.
     The LoRA carries over from round to round; the AdamW state too, unless ``fresh_optimizer`` (then every round
-    starts with zero moments, so the earlier rounds' direction does not drive this round's steps). :meth:`reset`
-    restores the LoRA weights the adapter started from, clears the optimizer and forgets the rounds;
-    :meth:`new_session` does the same at the start of a dialogue, except that with ``carry_over`` the LoRA keeps what
-    the earlier sessions taught it (one person's dialogues in a row, as ``interact --lora <the last session's LoRA>``).
+    starts with zero moments, so the earlier rounds' direction does not drive this round's steps). :meth:`reset` and
+    :meth:`new_session` also forget the session's rounds (see :class:`SessionAdapter`).
 
     The defaults are the toy world's measured ones: the noisiest 40% of the timesteps (where the layout is decided)
     and lr 3e-3 raise the next rounds' centredness a little without costing fidelity; lr 1e-2, or 8 updates a round,
@@ -69,41 +156,16 @@ class LiveAdapter:
                  max_grad_norm: float = 1.0, timestep_range: tuple[float, float] = (0.6, 1.0),
                  history: int | None = 4, seed: int = 0, fresh_optimizer: bool = False,
                  carry_over: bool = False) -> None:
-        if updates < 1:
-            raise ValueError(f"updates must be at least 1, got {updates}")
         self.timestep_range = check_timestep_range(timestep_range)
         if history is not None and history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
         self.history = history
         self.fresh_optimizer = fresh_optimizer
-        self.carry_over = carry_over
-        self.backbone = backbone
-        self.updates = updates
-        self.lr = lr
         self.beta = beta
-        self.max_grad_norm = max_grad_norm
-        self.parameters = list(backbone.lora_parameters())
-        self.initial = [p.detach().clone() for p in self.parameters]
-        self.generator = torch.Generator().manual_seed(seed)
-        self._forget_session()
-
-    def reset(self) -> None:
-        """Back to the starting LoRA weights, with a fresh optimizer and update count."""
-        with torch.no_grad():
-            for p, start in zip(self.parameters, self.initial):
-                p.copy_(start)
-        self._forget_session()
-
-    def new_session(self) -> None:
-        """A new dialogue: a fresh optimizer and update count, no rounds; the starting LoRA unless ``carry_over``."""
-        if self.carry_over:
-            self._forget_session()
-        else:
-            self.reset()
+        super().__init__(backbone, updates, lr, max_grad_norm, seed, carry_over)
 
     def _forget_session(self) -> None:
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=self.lr)
-        self.total_updates = 0
+        super()._forget_session()
         self.rounds: list[tuple[Tensor, Tensor, list[str]]] = []  # the session's (winners, losers, prompts), newest last
 
     def _errors(self, noisy: Tensor, noise: Tensor, latents: Tensor, timesteps: Tensor, cond: dict) -> Tensor:
@@ -111,27 +173,9 @@ class LiveAdapter:
         target = self.backbone.training_target(latents, noise, timesteps).float()
         return F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
 
-    def adapt(self, images: Tensor, chosen: int, prompt: str) -> AdaptStats:
-        """``updates`` DPO steps on the pairs of one round.
-
-        Args:
-            images: The round's images ``[K, 3, H, W]`` in ``[0, 1]`` (K >= 2).
-            chosen: Index of the chosen image.
-            prompt: The prompt the images were generated from.
-        """
+    def _steps(self, images: Tensor, chosen: int, prompt: str) -> list[float]:
         k = images.shape[0]
-        if images.ndim != 4 or k < 2 or not 0 <= chosen < k:
-            raise ValueError(f"need [K, 3, H, W] images with K >= 2 and chosen in 0..K-1, got {tuple(images.shape)}, "
-                             f"{chosen}")
-        with torch.enable_grad():  # also when called under no_grad
-            return self._adapt(images, chosen, prompt)
-
-    def _adapt(self, images: Tensor, chosen: int, prompt: str) -> AdaptStats:
-        k = images.shape[0]
-        start = time.perf_counter()
         backbone = self.backbone
-        was_training = backbone.training
-        backbone.train()
         device = backbone.device
         latents = backbone.encode_images(images.to(device) * 2 - 1, generator=self.generator).detach()
         losers = torch.tensor([j for j in range(k) if j != chosen], device=device)
@@ -156,12 +200,5 @@ class LiveAdapter:
                 ref_err = self._errors(noisy, noise2, both, t2, cond)
             n = len(lat_w)
             loss, _ = diffusion_dpo_loss(model_err[:n], model_err[n:], ref_err[:n], ref_err[n:], self.beta)
-            self.optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
-            self.optimizer.step()
-            losses.append(float(loss.detach()))
-        self.optimizer.zero_grad()
-        backbone.train(was_training)
-        self.total_updates += self.updates
-        return AdaptStats(self.updates, time.perf_counter() - start, sum(losses) / len(losses))
+            losses.append(self._step(loss))
+        return losses

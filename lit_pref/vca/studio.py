@@ -29,7 +29,7 @@ from torch import Tensor
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.formats.dialogues import Dialogue, Turn, append_dialogue
 from lit_pref.io import atomic_file
-from lit_pref.vca.adapt import AdaptStats, LiveAdapter
+from lit_pref.vca.adapt import AdaptStats, SessionAdapter
 from lit_pref.vca.info import Progress
 from lit_pref.vca.refiner import PromptRefiner
 
@@ -116,7 +116,7 @@ class Studio:
         seed: int = 0,
         category: str | None = None,
         session_timeout: float = 3600.0,
-        adapter: LiveAdapter | None = None,
+        adapter: SessionAdapter | None = None,
     ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
