@@ -123,6 +123,25 @@ def test_interact_passes_the_history_fresh_optimizer_and_carry_over_options_to_t
     assert adapter.history is None and adapter.fresh_optimizer is True and adapter.carry_over is True
 
 
+def test_interact_adapts_by_dpo_by_default_and_by_ppo_on_a_reward_model_folder(tmp_path):
+    from lit_pref.modules import RewardModel
+    from lit_pref.rewards import RewardModelScorer
+    from lit_pref.vca.adapt_ppo import LivePPOAdapter
+
+    out = ["--output", str(tmp_path / "d.jsonl"), "--adapt", "true"]
+    dpo = studio_from_args(parse_args([*FAST, *out])).adapter
+    assert type(dpo) is LiveAdapter and (dpo.updates, dpo.lr) == (4, 3e-3)
+    RewardModel(clip_model="toy", hidden_dim=8).save_pretrained(tmp_path / "rm")  # an untrained head: plumbing only
+    ppo = studio_from_args(parse_args([*FAST, *out, "--adapt_reward", str(tmp_path / "rm"),
+                                       "--adapt_reward_images", "6", "--guidance_scale", "3.0"])).adapter
+    assert isinstance(ppo, LivePPOAdapter) and isinstance(ppo.scorer, RewardModelScorer)
+    assert (ppo.updates, ppo.lr, ppo.num_images) == (2, 1e-3, 6)
+    assert (ppo.num_inference_steps, ppo.guidance_scale) == (2, 3.0)  # the chains are sampled as the tool samples
+    with pytest.raises(ValueError, match="adapt=true"):
+        studio_from_args(parse_args([*FAST, "--output", str(tmp_path / "d.jsonl"), "--adapt_reward",
+                                     str(tmp_path / "rm")]))
+
+
 def test_new_session_restores_the_starting_lora_unless_it_carries_over(toy_round):
     """One person's next dialogue: with ``carry_over`` it starts from the LoRA their earlier one adapted, without it
     from the starting LoRA; either way with no rounds and no updates counted."""

@@ -9,8 +9,10 @@ Co-adaptation (``--adapt``): after each choice, :class:`~lit_pref.vca.adapt.Live
 Diffusion-DPO steps of the LoRA on the pairs (chosen ≻ each unchosen image) of the session's latest
 ``--adapt_history`` rounds, at the noisiest timesteps (``--adapt_timestep_range``), so the next round is drawn from
 the adapted model; a new session starts from the LoRA the tool was started with, or with ``--adapt_carry_over``
-from the LoRA the earlier sessions adapted (the tool keeps learning one person). An adapting tool serves one person
-at a time (sessions share the model).
+from the LoRA the earlier sessions adapted (the tool keeps learning one person). With ``--adapt_reward`` (a reward
+model folder, e.g. one trained on the person's dialogues) the steps are PPO on that reward instead
+(:class:`~lit_pref.vca.adapt_ppo.LivePPOAdapter`: each step samples fresh chains of the round's prompt). An adapting
+tool serves one person at a time (sessions share the model).
 
 The pieces: :mod:`lit_pref.vca.studio` (sessions), :mod:`lit_pref.vca.server` (the web page and its JSON
 endpoints), :mod:`lit_pref.vca.terminal` (the terminal session); this module parses the command line.
@@ -27,7 +29,9 @@ from jsonargparse import Namespace, lazy_instance
 from lit_pref.backbone import DiffusionBackbone
 from lit_pref.backbone import lora_config
 from lit_pref.commands import SubcommandParser, call, exit_with_error, function_parser
-from lit_pref.vca.adapt import LiveAdapter
+from lit_pref.rewards import RewardModelScorer
+from lit_pref.vca.adapt import LiveAdapter, SessionAdapter
+from lit_pref.vca.adapt_ppo import LivePPOAdapter
 from lit_pref.vca.refiner import PromptRefiner, TemplateRefiner
 from lit_pref.vca.server import LOCAL_HOSTS, make_server
 from lit_pref.vca.studio import Studio
@@ -50,13 +54,15 @@ def open_studio(
     device: str = "auto",
     session_timeout: float = 3600.0,
     adapt: bool = False,
-    adapt_updates: int = 4,
-    adapt_lr: float = 3e-3,
+    adapt_updates: int | None = None,
+    adapt_lr: float | None = None,
     adapt_beta: float = 5000.0,
     adapt_timestep_range: tuple[float, float] = (0.6, 1.0),
     adapt_history: int | None = 4,
     adapt_fresh_optimizer: bool = False,
     adapt_carry_over: bool = False,
+    adapt_reward: str | None = None,
+    adapt_reward_images: int = 16,
 ) -> Studio:
     """The :class:`~lit_pref.vca.studio.Studio` the tool serves.
 
@@ -74,9 +80,10 @@ def open_studio(
         seed: Seed of the first round (later rounds use the next seeds).
         device: 'auto' (cuda when available), 'cpu', 'cuda', ...
         session_timeout: Seconds a web session may stay idle before it is saved and closed (not in the terminal).
-        adapt: Adapt the LoRA after each choice (Diffusion-DPO on the round's pairs); finishing saves it.
-        adapt_updates: Optimizer steps after each choice (--adapt).
-        adapt_lr: Learning rate of the adaptation (--adapt).
+        adapt: Adapt the LoRA after each choice (Diffusion-DPO on the round's pairs, or PPO with
+            ``adapt_reward``); finishing saves it.
+        adapt_updates: Optimizer steps after each choice (null: 4 DPO steps, or 2 PPO steps).
+        adapt_lr: Learning rate of the adaptation (null: 3e-3 for DPO, 1e-3 for PPO).
         adapt_beta: Diffusion-DPO beta of the adaptation.
         adapt_timestep_range: Fractions of the training timesteps the adaptation draws from (the noisiest 40% by
             default: where the layout is decided).
@@ -86,13 +93,28 @@ def open_studio(
             earlier rounds; the LoRA carries over).
         adapt_carry_over: A new session keeps the LoRA the earlier sessions adapted (one person's dialogues in a
             row); by default every session starts from the LoRA the tool was started with.
+        adapt_reward: A reward model folder (written by ``lit_pref.modules.RewardModel``): adapt by PPO on its
+            score (``LivePPOAdapter``) instead of DPO; the DPO options (beta, timestep range, history, fresh
+            optimizer) then do not apply.
+        adapt_reward_images: Chains of the round's prompt each PPO step samples and scores (--adapt_reward).
     """
     if lora is not None:
         backbone.load_lora(lora)
     backbone = backbone.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    adapter = LiveAdapter(backbone, adapt_updates, adapt_lr, adapt_beta, timestep_range=adapt_timestep_range,
-                          history=adapt_history, seed=seed, fresh_optimizer=adapt_fresh_optimizer,
-                          carry_over=adapt_carry_over) if adapt else None
+    ppo = adapt_reward is not None
+    if ppo and not adapt:
+        raise ValueError(f"adapt_reward={adapt_reward!r} is the reward of the adaptation: give adapt=true too")
+    adapter: SessionAdapter | None = None
+    updates = adapt_updates if adapt_updates is not None else (2 if ppo else 4)
+    lr = adapt_lr if adapt_lr is not None else (1e-3 if ppo else 3e-3)
+    if adapt and ppo:
+        adapter = LivePPOAdapter(backbone, RewardModelScorer(adapt_reward, device=str(backbone.device)), updates, lr,
+                                 num_images=adapt_reward_images, num_inference_steps=num_inference_steps,
+                                 guidance_scale=guidance_scale, seed=seed, carry_over=adapt_carry_over)
+    elif adapt:
+        adapter = LiveAdapter(backbone, updates, lr, adapt_beta,
+                              timestep_range=adapt_timestep_range, history=adapt_history, seed=seed,
+                              fresh_optimizer=adapt_fresh_optimizer, carry_over=adapt_carry_over)
     return Studio(backbone, refiner, output, num_images, num_inference_steps, guidance_scale, eta, seed, category,
                   session_timeout=session_timeout, adapter=adapter)
 
