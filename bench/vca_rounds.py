@@ -47,7 +47,8 @@ import torch
 from lit_pref.backbone import DiffusionBackbone, lora_config
 from lit_pref.toy import ToyRefiner, ToySimulatedUser, toy_start
 from lit_pref.vca import play_dialogue
-from lit_pref.rewards import RewardModelScorer
+from lit_pref.rewards import CLIPScore, RewardModelScorer, Scorer
+from lit_pref.rewards.reward_model import TOY_CLIP
 from lit_pref.vca.adapt import LiveAdapter, SessionAdapter
 from lit_pref.vca.adapt_ppo import LivePPOAdapter
 
@@ -65,6 +66,17 @@ class AdaptingUser(ToySimulatedUser):
         if not self.satisfied(images[k]):  # the dialogue goes on: adapt before the next round
             self.seconds.append(self.adapter.adapt(images, k, prompt).seconds / self.adapter.updates)
         return k
+
+
+class WithCLIPScore(Scorer):
+    """``scorer + weight * CLIP score`` on the toy CLIP: prompt-image agreement as a fidelity term beside R_pref."""
+
+    def __init__(self, scorer: Scorer, weight: float, device: str) -> None:
+        self.scorer, self.weight = scorer, weight
+        self.clip = CLIPScore("local-dir:" + str(TOY_CLIP), pretrained=None, device=device)
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self.scorer.score(images, prompts) + self.weight * self.clip.score(images, prompts)
 
 
 def play(backbone: DiffusionBackbone, starts: list[tuple[str, str]], rounds: int, k: int, steps: int,
@@ -173,6 +185,8 @@ def main() -> None:
                              "steps of --adapt_ppo_images chains a round at --adapt_lr) instead of DPO")
     parser.add_argument("--adapt_rank", type=int, default=4,
                         help="LoRA rank of the adapting model (the tool's default LoRA: 4)")
+    parser.add_argument("--adapt_ppo_clip_weight", type=float, default=0.0,
+                        help="add this weight times the toy CLIP score (prompt-image agreement) to the PPO reward")
     parser.add_argument("--adapt_ppo_images", type=int, default=16, help="chains per PPO step (--adapt_ppo)")
     parser.add_argument("--save", default=None, help="write every model's per-dialogue rounds to this JSON file")
     parser.add_argument("--baseline", default=None,
@@ -192,7 +206,10 @@ def main() -> None:
     if args.adapt:
         live = DiffusionBackbone(model="toy", lora_rank=args.adapt_rank).eval().to(device)  # LoRA B = 0: starts as the base
         if args.adapt_ppo:
-            adapter = LivePPOAdapter(live, RewardModelScorer(args.adapt_ppo, device=device), args.adapt_updates,
+            scorer = RewardModelScorer(args.adapt_ppo, device=device)
+            if args.adapt_ppo_clip_weight:
+                scorer = WithCLIPScore(scorer, args.adapt_ppo_clip_weight, device)
+            adapter = LivePPOAdapter(live, scorer, args.adapt_updates,
                                      args.adapt_lr, num_images=args.adapt_ppo_images, num_inference_steps=args.steps,
                                      guidance_scale=args.guidance, carry_over=args.adapt_carry_over)
         else:

@@ -135,7 +135,7 @@ def test_interact_adapts_by_dpo_by_default_and_by_ppo_on_a_reward_model_folder(t
     ppo = studio_from_args(parse_args([*FAST, *out, "--adapt_reward", str(tmp_path / "rm"),
                                        "--adapt_reward_images", "6", "--guidance_scale", "3.0"])).adapter
     assert isinstance(ppo, LivePPOAdapter) and isinstance(ppo.scorer, RewardModelScorer)
-    assert (ppo.updates, ppo.lr, ppo.num_images) == (2, 1e-3, 6)
+    assert (ppo.updates, ppo.lr, ppo.num_images) == (2, 5e-4, 6)
     assert (ppo.num_inference_steps, ppo.guidance_scale) == (2, 3.0)  # the chains are sampled as the tool samples
     with pytest.raises(ValueError, match="adapt=true"):
         studio_from_args(parse_args([*FAST, "--output", str(tmp_path / "d.jsonl"), "--adapt_reward",

@@ -83,7 +83,7 @@ def open_studio(
         adapt: Adapt the LoRA after each choice (Diffusion-DPO on the round's pairs, or PPO with
             ``adapt_reward``); finishing saves it.
         adapt_updates: Optimizer steps after each choice (null: 4 DPO steps, or 2 PPO steps).
-        adapt_lr: Learning rate of the adaptation (null: 3e-3 for DPO, 1e-3 for PPO).
+        adapt_lr: Learning rate of the adaptation (null: 3e-3 for DPO, 5e-4 for PPO).
         adapt_beta: Diffusion-DPO beta of the adaptation.
         adapt_timestep_range: Fractions of the training timesteps the adaptation draws from (the noisiest 40% by
             default: where the layout is decided).
@@ -106,7 +106,7 @@ def open_studio(
         raise ValueError(f"adapt_reward={adapt_reward!r} is the reward of the adaptation: give adapt=true too")
     adapter: SessionAdapter | None = None
     updates = adapt_updates if adapt_updates is not None else (2 if ppo else 4)
-    lr = adapt_lr if adapt_lr is not None else (1e-3 if ppo else 3e-3)
+    lr = adapt_lr if adapt_lr is not None else (5e-4 if ppo else 3e-3)
     if adapt and ppo:
         adapter = LivePPOAdapter(backbone, RewardModelScorer(adapt_reward, device=str(backbone.device)), updates, lr,
                                  num_images=adapt_reward_images, num_inference_steps=num_inference_steps,
