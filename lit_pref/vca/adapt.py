@@ -113,9 +113,14 @@ class SessionAdapter(ABC):
         """One clipped AdamW step on ``loss``; its value."""
         self.optimizer.zero_grad()
         loss.backward()
+        self._apply_gradients()
+        return float(loss.detach())
+
+    def _apply_gradients(self) -> None:
+        """Clip the accumulated gradients to ``max_grad_norm`` and make one AdamW step."""
         torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
         self.optimizer.step()
-        return float(loss.detach())
+        self.optimizer.zero_grad()
 
     @abstractmethod
     def _steps(self, images: Tensor, chosen: int, prompt: str) -> list[float]:

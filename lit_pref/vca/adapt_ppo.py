@@ -76,11 +76,14 @@ class LivePPOAdapter(SessionAdapter):
             advantages = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)
             backbone.train()
             num_steps = min(traj.num_steps, self.early_steps or traj.num_steps)
+            self.optimizer.zero_grad()
             total = 0.0
-            for k in range(num_steps):
+            for k in range(num_steps):  # one backward a transition: the gradient of the mean, one graph at a time
                 logp = backbone.step_log_prob(traj.latents[:, k], traj.timesteps[k], traj.latents[:, k + 1], cond,
                                               traj.guidance_scale, traj.eta, traj.num_steps, negative_cond=negative)
                 loss, _ = self.loss(logp, traj.log_probs[:, k], advantages)
-                total = total + loss / num_steps
-            losses.append(self._step(total))
+                (loss / num_steps).backward()
+                total += float(loss.detach()) / num_steps
+            self._apply_gradients()
+            losses.append(total)
         return losses
