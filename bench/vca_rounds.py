@@ -23,7 +23,8 @@ for every seed, so that the 32 dialogues of a seed are one person's dialogues in
 adaptation step are reported. With ``--adapt_ppo REWARD_MODEL`` the adapter is
 :class:`~lit_pref.vca.adapt_ppo.LivePPOAdapter` instead: after each choice ``--adapt_updates`` PPO steps, each on
 ``--adapt_ppo_images`` fresh chains of the round's prompt scored by that reward model (the person's R_pref), at
-``--adapt_lr`` on a LoRA of rank ``--adapt_rank``. ``--seeds`` repeats everything for several seeds of the dialogue starts and noise.
+``--adapt_lr`` on a LoRA of rank ``--adapt_rank``. ``--seeds`` repeats everything for several seeds of the
+dialogue starts and noise.
 
 Every model is also compared with the base dialogue by dialogue (the same starts and noise): the mean difference of
 rounds-to-target (model - base, unreached = max+1) pooled over the dialogues of all seeds, with a 95% bootstrap
@@ -204,7 +205,8 @@ def main() -> None:
     if args.lora:
         models["lora"] = (backbone, contextlib.nullcontext, None)
     if args.adapt:
-        live = DiffusionBackbone(model="toy", lora_rank=args.adapt_rank).eval().to(device)  # LoRA B = 0: starts as the base
+        # LoRA B = 0: the adapting model starts as the base
+        live = DiffusionBackbone(model="toy", lora_rank=args.adapt_rank).eval().to(device)
         if args.adapt_ppo:
             scorer = RewardModelScorer(args.adapt_ppo, device=device)
             if args.adapt_ppo_clip_weight:
