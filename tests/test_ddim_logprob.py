@@ -28,6 +28,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from lit_pref.backbone import DiffusionBackbone, Trajectory, ddim_step_with_logprob
+from lit_pref.backbone.sampler import trajectory_conditioning, transition_log_prob
 
 PROMPTS = ["a red circle on a white background", "a blue square"]
 N_TRAIN = 1000
@@ -304,6 +305,26 @@ def test_recompute_without_guidance_and_with_precomputed_conditioning():
         wrong_negative = backbone.step_log_prob(guided.latents[:, 0], guided.timesteps[0], guided.latents[:, 1], cond,
                                                 5.0, 0.7, 3)  # "" instead of "blurry"
     assert (wrong_negative - guided.log_probs[:, 0]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd", "sdxl"])
+def test_transition_log_prob_scores_chosen_rows_of_a_stored_trajectory_with_its_own_settings(sdxl):
+    backbone = DiffusionBackbone.tiny(sdxl=sdxl)
+    prompts = ["a red circle", "a blue square", "a green star"]
+    traj = backbone.sample(prompts, num_inference_steps=3, guidance_scale=4.0, eta=0.8, negative_prompt="blurry",
+                           generator=torch.Generator().manual_seed(2), return_trajectory=True)
+    cond, negative = trajectory_conditioning(backbone, traj)
+    blurry = backbone.encode_prompts(["blurry"], target_size=(32, 32))["encoder_hidden_states"][0]
+    assert torch.equal(negative["encoder_hidden_states"][1], blurry)
+    rows = torch.tensor([2, 0])
+    with torch.no_grad():
+        for k in range(3):  # the sampling weights give back the stored log-probs of exactly the chosen chains
+            torch.testing.assert_close(transition_log_prob(backbone, traj, k, cond, negative, rows),
+                                       traj.log_probs[rows, k], rtol=0, atol=1e-5)
+            torch.testing.assert_close(transition_log_prob(backbone, traj, k, cond, negative), traj.log_probs[:, k],
+                                       rtol=0, atol=1e-5)
+        swapped = transition_log_prob(backbone, traj, 0, negative, cond)  # conditioning and negative exchanged
+    assert (swapped - traj.log_probs[:, 0]).abs().max() > 1e-4
 
 
 def test_trajectory_errors():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 Conditioning = dict  # keyword arguments of the UNet: encoder_hidden_states [+ added_cond_kwargs for SDXL]
 
@@ -14,6 +15,14 @@ def repeat_conditioning(cond: Conditioning, repeats: int) -> Conditioning:
     out = {"encoder_hidden_states": cond["encoder_hidden_states"].repeat(repeats, 1, 1)}
     if "added_cond_kwargs" in cond:
         out["added_cond_kwargs"] = {k: v.repeat(repeats, 1) for k, v in cond["added_cond_kwargs"].items()}
+    return out
+
+
+def select_conditioning(cond: Conditioning, index: Tensor) -> Conditioning:
+    """The rows ``index`` (a 1-d index tensor) of a conditioning."""
+    out = {"encoder_hidden_states": cond["encoder_hidden_states"][index]}
+    if "added_cond_kwargs" in cond:
+        out["added_cond_kwargs"] = {k: v[index] for k, v in cond["added_cond_kwargs"].items()}
     return out
 
 

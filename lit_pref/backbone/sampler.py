@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from lit_pref.backbone.conditioning import Conditioning, cat_conditioning
+from lit_pref.backbone.conditioning import Conditioning, cat_conditioning, select_conditioning
 from lit_pref.backbone.ddim_logprob import Trajectory, ddim_step_with_logprob
 
 if TYPE_CHECKING:
@@ -209,3 +209,41 @@ def step_log_prob(
     _, log_prob = ddim_step_with_logprob(scheduler, pred, t, latents_t, eta=eta,
                                          prev_sample=next_latents.to(backbone.device))
     return log_prob
+
+
+def trajectory_conditioning(backbone: DiffusionBackbone, traj: Trajectory) -> tuple[Conditioning, Conditioning]:
+    """The text conditioning of a trajectory's prompts and the unconditional one of its negative prompt, made as
+    :func:`sample` made them (the target size is the images' size), for :func:`transition_log_prob`."""
+    size = (traj.images.shape[-2], traj.images.shape[-1])
+    cond = backbone.encode_prompts(traj.prompts, target_size=size)
+    negative = backbone.encode_prompts([traj.negative_prompt] * len(traj.prompts), target_size=size)
+    return cond, negative
+
+
+def transition_log_prob(
+    backbone: DiffusionBackbone,
+    traj: Trajectory,
+    step: int,
+    cond: Conditioning,
+    negative: Conditioning,
+    rows: Tensor | None = None,
+) -> Tensor:
+    """:func:`step_log_prob` of the stored transition ``step`` (0 = noisiest) of a trajectory's chains, with the
+    trajectory's own guidance scale, eta and number of steps.
+
+    Args:
+        backbone: The model, as it is (inside ``backbone.reference_forward()`` for the reference).
+        traj: The sampled chains.
+        step: The transition's index k, from ``traj.latents[:, k]`` to ``traj.latents[:, k + 1]``.
+        cond: The conditioning of all the trajectory's rows (:func:`trajectory_conditioning`).
+        negative: The unconditional conditioning of all its rows (:func:`trajectory_conditioning`).
+        rows: A 1-d index tensor of the chains to score; ``None``: all of them.
+
+    Returns:
+        (len(rows),) float32 log-probs, with grad.
+    """
+    if rows is None:
+        rows = torch.arange(traj.latents.shape[0], device=traj.latents.device)
+    return step_log_prob(backbone, traj.latents[rows, step], traj.timesteps[step], traj.latents[rows, step + 1],
+                         select_conditioning(cond, rows), traj.guidance_scale, traj.eta, traj.num_steps,
+                         negative_cond=select_conditioning(negative, rows))

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from lit_pref.backbone import Conditioning, DiffusionBackbone
 from lit_pref.backbone.ddim_logprob import Trajectory
+from lit_pref.backbone.sampler import trajectory_conditioning, transition_log_prob
 from lit_pref.losses import ClippedPPOLoss, PPOLoss
 from lit_pref.modules.base import LoRAModule
 from lit_pref.rewards.stat_tracking import PerPromptStatTracker
@@ -68,14 +69,6 @@ class PPOSettings:
                 raise ValueError(f"ppo.{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.step_fraction <= 1:
             raise ValueError(f"ppo.step_fraction must be in (0, 1], got {self.step_fraction}")
-
-
-def _rows(cond: Conditioning, index: Tensor) -> Conditioning:
-    """The rows ``index`` of a conditioning."""
-    out = {"encoder_hidden_states": cond["encoder_hidden_states"][index]}
-    if "added_cond_kwargs" in cond:
-        out["added_cond_kwargs"] = {k: v[index] for k, v in cond["added_cond_kwargs"].items()}
-    return out
 
 
 class PPOModule(LoRAModule):
@@ -135,17 +128,12 @@ class PPOModule(LoRAModule):
 
     def conditioning(self, traj: Trajectory) -> tuple[Conditioning, Conditioning]:
         """The text conditioning and unconditional conditioning of a trajectory's rows, as sampling made them."""
-        size = (traj.images.shape[-2], traj.images.shape[-1])
-        cond = self.backbone.encode_prompts(traj.prompts, target_size=size)
-        negative = self.backbone.encode_prompts([traj.negative_prompt] * len(traj.prompts), target_size=size)
-        return cond, negative
+        return trajectory_conditioning(self.backbone, traj)
 
     def step_log_probs(self, traj: Trajectory, rows: Tensor, step: int, cond: Conditioning,
                        negative: Conditioning) -> Tensor:
         """Log-probs (with grad) of step ``step`` of the chains ``rows`` under the current weights."""
-        return self.backbone.step_log_prob(
-            traj.latents[rows, step], traj.timesteps[step], traj.latents[rows, step + 1], _rows(cond, rows),
-            traj.guidance_scale, traj.eta, traj.num_steps, negative_cond=_rows(negative, rows))
+        return transition_log_prob(self.backbone, traj, step, cond, negative, rows)
 
     # ------------------------------------------------------------------ PPO
     def ppo_update(self, traj: Trajectory, advantages: Tensor) -> dict[str, float]:

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from lit_pref.backbone import DiffusionBackbone
+from lit_pref.backbone.sampler import trajectory_conditioning, transition_log_prob
 from lit_pref.losses import ClippedPPOLoss
 from lit_pref.rewards import Scorer
 from lit_pref.vca.adapt import SessionAdapter
@@ -71,16 +72,14 @@ class LivePPOAdapter(SessionAdapter):
                 traj = backbone.sample(prompts, self.num_inference_steps, self.guidance_scale, eta=self.eta,
                                        generator=self.generator, return_trajectory=True)
                 rewards = self.scorer.score(traj.images.float(), prompts).float().to(backbone.device)
-                cond = backbone.encode_prompts(prompts)
-                negative = backbone.encode_prompts([traj.negative_prompt] * len(prompts))
+                cond, negative = trajectory_conditioning(backbone, traj)
             advantages = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)
             backbone.train()
             num_steps = min(traj.num_steps, self.early_steps or traj.num_steps)
             self.optimizer.zero_grad()
             total = 0.0
             for k in range(num_steps):  # one backward a transition: the gradient of the mean, one graph at a time
-                logp = backbone.step_log_prob(traj.latents[:, k], traj.timesteps[k], traj.latents[:, k + 1], cond,
-                                              traj.guidance_scale, traj.eta, traj.num_steps, negative_cond=negative)
+                logp = transition_log_prob(backbone, traj, k, cond, negative)
                 loss, _ = self.loss(logp, traj.log_probs[:, k], advantages)
                 (loss / num_steps).backward()
                 total += float(loss.detach()) / num_steps
