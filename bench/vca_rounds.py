@@ -188,7 +188,7 @@ def main() -> None:
                         help="LoRA rank of the adapting model (the tool's default LoRA: 4)")
     parser.add_argument("--adapt_ppo_clip_weight", type=float, default=0.0,
                         help="add this weight times the toy CLIP score (prompt-image agreement) to the PPO reward")
-    parser.add_argument("--adapt_ppo_images", type=int, default=16, help="chains per PPO step (--adapt_ppo)")
+    parser.add_argument("--adapt_ppo_images", type=int, default=32, help="chains per PPO step (--adapt_ppo)")
     parser.add_argument("--save", default=None, help="write every model's per-dialogue rounds to this JSON file")
     parser.add_argument("--baseline", default=None,
                         help="a --save file to take the base's per-dialogue rounds from (the base is not played)")

@@ -44,7 +44,7 @@ class LivePPOAdapter(SessionAdapter):
     """
 
     def __init__(self, backbone: DiffusionBackbone, scorer: Scorer, updates: int = 2, lr: float = 5e-4,
-                 num_images: int = 16, num_inference_steps: int = 10, guidance_scale: float = 4.0, eta: float = 1.0,
+                 num_images: int = 32, num_inference_steps: int = 10, guidance_scale: float = 4.0, eta: float = 1.0,
                  early_steps: int | None = 5, clip_range: float = 1e-2, adv_clip: float = 1.0,
                  max_grad_norm: float = 1.0, seed: int = 0, carry_over: bool = False) -> None:
         if num_images < 2:

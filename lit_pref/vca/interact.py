@@ -62,7 +62,7 @@ def open_studio(
     adapt_fresh_optimizer: bool = False,
     adapt_carry_over: bool = False,
     adapt_reward: str | None = None,
-    adapt_reward_images: int = 16,
+    adapt_reward_images: int = 32,
 ) -> Studio:
     """The :class:`~lit_pref.vca.studio.Studio` the tool serves.
 
