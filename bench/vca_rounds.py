@@ -168,8 +168,10 @@ def main() -> None:
     parser.add_argument("--adapt", action="store_true", help="also play the base model adapting live")
     parser.add_argument("--no_base", action="store_true",
                         help="skip the base model (its rounds are fixed by the seeds: same starts, same noise)")
-    parser.add_argument("--adapt_updates", type=int, default=4, help="DPO steps after each choice (--adapt)")
-    parser.add_argument("--adapt_lr", type=float, default=3e-3, help="learning rate of the adaptation (--adapt)")
+    parser.add_argument("--adapt_updates", type=int, default=None,
+                        help="optimizer steps after each choice (--adapt; default: the adapter's, DPO 4, PPO 2)")
+    parser.add_argument("--adapt_lr", type=float, default=None,
+                        help="learning rate of the adaptation (--adapt; default: the adapter's, DPO 3e-3, PPO 5e-4)")
     parser.add_argument("--adapt_beta", type=float, default=5000.0, help="Diffusion-DPO beta of the adaptation")
     parser.add_argument("--adapt_timestep_range", type=tuple[float, float], default=(0.6, 1.0),
                         help="fractions of the training timesteps the adaptation draws from")
@@ -207,17 +209,19 @@ def main() -> None:
     if args.adapt:
         # LoRA B = 0: the adapting model starts as the base
         live = DiffusionBackbone(model="toy", lora_rank=args.adapt_rank).eval().to(device)
+        given = {name: value for name, value in (("updates", args.adapt_updates), ("lr", args.adapt_lr))
+                 if value is not None}  # not given: the adapter's own defaults
         if args.adapt_ppo:
             scorer = RewardModelScorer(args.adapt_ppo, device=device)
             if args.adapt_ppo_clip_weight:
                 scorer = WithCLIPScore(scorer, args.adapt_ppo_clip_weight, device)
-            adapter = LivePPOAdapter(live, scorer, args.adapt_updates,
-                                     args.adapt_lr, num_images=args.adapt_ppo_images, num_inference_steps=args.steps,
-                                     guidance_scale=args.guidance, carry_over=args.adapt_carry_over)
+            adapter = LivePPOAdapter(live, scorer, num_images=args.adapt_ppo_images, num_inference_steps=args.steps,
+                                     guidance_scale=args.guidance, carry_over=args.adapt_carry_over, **given)
         else:
-            adapter = LiveAdapter(live, args.adapt_updates, args.adapt_lr, args.adapt_beta,
-                                  timestep_range=args.adapt_timestep_range, history=args.adapt_history,
-                                  fresh_optimizer=args.adapt_fresh_optimizer, carry_over=args.adapt_carry_over)
+            adapter = LiveAdapter(live, beta=args.adapt_beta, timestep_range=args.adapt_timestep_range,
+                                  history=args.adapt_history, fresh_optimizer=args.adapt_fresh_optimizer,
+                                  carry_over=args.adapt_carry_over, **given)
+        args.adapt_updates, args.adapt_lr = adapter.updates, adapter.lr  # what ran, for --save
         models["base + live adaptation"] = (live, contextlib.nullcontext, adapter)
     print(f"{args.dialogues} toy dialogues per seed, seeds {args.seeds}, at most {args.rounds} rounds, "
           f"K={args.num_images}, {args.steps} DDIM steps, guidance {args.guidance}, device {device}\n")

@@ -65,7 +65,7 @@ def test_adapt_ppo_plays_the_base_adapting_with_ppo_on_a_reward_model(tmp_path, 
 
     monkeypatch.setattr(vca_rounds, "LivePPOAdapter", Recorded)
     monkeypatch.setattr(sys, "argv", ["vca_rounds.py", "--dialogues", "1", "--rounds", "2", "--num_images", "2",
-                                      "--steps", "2", "--seeds", "3", "--no_base", "--adapt", "--adapt_updates", "1",
+                                      "--steps", "2", "--seeds", "3", "--no_base", "--adapt",
                                       "--adapt_ppo", str(tmp_path / "rm"), "--adapt_ppo_images", "2",
                                       "--save", str(tmp_path / "ppo.json")])
     vca_rounds.main()
@@ -74,4 +74,6 @@ def test_adapt_ppo_plays_the_base_adapting_with_ppo_on_a_reward_model(tmp_path, 
     assert saved["adaptation"]["adapt_ppo"] == str(tmp_path / "rm")
     (adapter,) = made
     assert isinstance(adapter.scorer, vca_rounds.RewardModelScorer) and adapter.num_images == 2
-    assert adapter.num_inference_steps == 2 and adapter.updates == 1
+    assert adapter.num_inference_steps == 2
+    assert (adapter.updates, adapter.lr) == (2, 5e-4)  # PPO's own defaults, not the DPO adapter's 4 / 3e-3
+    assert (saved["adaptation"]["adapt_updates"], saved["adaptation"]["adapt_lr"]) == (2, 5e-4)  # what ran

@@ -105,16 +105,14 @@ def open_studio(
     if ppo and not adapt:
         raise ValueError(f"adapt_reward={adapt_reward!r} is the reward of the adaptation: give adapt=true too")
     adapter: SessionAdapter | None = None
-    updates = adapt_updates if adapt_updates is not None else (2 if ppo else 4)
-    lr = adapt_lr if adapt_lr is not None else (5e-4 if ppo else 3e-3)
-    if adapt and ppo:
-        adapter = LivePPOAdapter(backbone, RewardModelScorer(adapt_reward, device=str(backbone.device)), updates, lr,
+    given = {name: value for name, value in (("updates", adapt_updates), ("lr", adapt_lr)) if value is not None}
+    if adapt and ppo:  # updates and lr not given: the adapter's own defaults
+        adapter = LivePPOAdapter(backbone, RewardModelScorer(adapt_reward, device=str(backbone.device)),
                                  num_images=adapt_reward_images, num_inference_steps=num_inference_steps,
-                                 guidance_scale=guidance_scale, seed=seed, carry_over=adapt_carry_over)
+                                 guidance_scale=guidance_scale, seed=seed, carry_over=adapt_carry_over, **given)
     elif adapt:
-        adapter = LiveAdapter(backbone, updates, lr, adapt_beta,
-                              timestep_range=adapt_timestep_range, history=adapt_history, seed=seed,
-                              fresh_optimizer=adapt_fresh_optimizer, carry_over=adapt_carry_over)
+        adapter = LiveAdapter(backbone, beta=adapt_beta, timestep_range=adapt_timestep_range, history=adapt_history,
+                              seed=seed, fresh_optimizer=adapt_fresh_optimizer, carry_over=adapt_carry_over, **given)
     return Studio(backbone, refiner, output, num_images, num_inference_steps, guidance_scale, eta, seed, category,
                   session_timeout=session_timeout, adapter=adapter)
 
